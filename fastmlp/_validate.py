@@ -1,0 +1,43 @@
+"""Checks at the boundary of the public functions, shared by both backends.
+
+Every failure is a ValueError or TypeError that says what was wrong, what was expected and what
+arrived. Kernels never check anything: by the time they run, these checks have passed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .params import Params
+
+
+def check_params(params) -> Params:
+    if not isinstance(params, Params):
+        raise TypeError(f"params must be a fastmlp.Params; got {type(params).__name__}")
+    return params
+
+
+def check_X(X, params: Params, name: str = "X") -> np.ndarray:
+    """X must be a 2-D float array of the params' dtype with sizes[0] columns and >= 1 row."""
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of shape (n, {params.sizes[0]}); "
+                        f"got {type(X).__name__}")
+    if X.ndim != 2 or X.shape[1] != params.sizes[0] or X.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (n, {params.sizes[0]}) with n >= 1; got {X.shape}")
+    if X.dtype != params.dtype:
+        raise TypeError(f"{name} must have the params' dtype {params.dtype}; got {X.dtype} "
+                        f"(convert with {name}.astype(np.{params.dtype}))")
+    return X
+
+
+def check_y(y, n: int, k: int = 10) -> np.ndarray:
+    """y must be n integer labels in 0..k-1. Returns them as int64."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers; got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), one per row of X; got {y.shape}")
+    if n and (y.min() < 0 or y.max() >= k):
+        bad = int(np.flatnonzero((y < 0) | (y >= k))[0])
+        raise ValueError(f"labels must be in 0..{k - 1}; got {int(y[bad])} at row {bad}")
+    return y.astype(np.int64, copy=False)

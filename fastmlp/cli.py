@@ -1,0 +1,492 @@
+"""The ``fastmlp`` command: train, evaluate, predict, compare, bench.
+
+``scripts/train_fast.py`` is ``fastmlp train``; ``scripts/compare_backends.py`` is
+``fastmlp compare``. Every foreseeable error (bad option, missing data, unreadable model or
+image, unwritable directory, diverged training) ends the command with one ``error:`` line and
+a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: "<prog>: error: <what>"."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class CommandError(Exception):
+    """A foreseeable failure, reported as one line."""
+
+
+# ----------------------------------------------------------------------------------------------
+# option types: each names what is allowed and what was given
+
+
+def _number(kind, test, allowed):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}; got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"must be {allowed}; got {text}")
+        return value
+    return parse
+
+
+def _finite(v):
+    return np.isfinite(v)
+
+
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: _finite(v) and v > 0, "a number > 0")
+nonneg_float = _number(float, lambda v: _finite(v) and v >= 0, "a number >= 0")
+unit_interval = _number(float, lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)")
+momentum_type = _number(float, lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)")
+warmup_type = _number(float, lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)")
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    from .train import BACKENDS, PRESETS, SCHEDULES
+    from .reference import OPTIMIZERS
+    p.add_argument("--preset", choices=sorted(PRESETS), default="fast",
+                   help="a recipe; options given explicitly override it (default: fast)")
+    p.add_argument("--backend", choices=BACKENDS, help="numba (default) or reference")
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--iterations", type=positive_int, help="full-batch steps (instead of --epochs)")
+    p.add_argument("--epochs", type=positive_int, help="mini-batch epochs (instead of --iterations)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float, help="(peak) learning rate")
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--warmup", type=warmup_type, help="fraction of steps for the lr warm-up")
+    p.add_argument("--momentum", type=momentum_type)
+    p.add_argument("--weight-decay", type=nonneg_float)
+    p.add_argument("--init", choices=("uniform", "he"))
+    p.add_argument("--seed", type=nonneg_int, default=None)
+    p.add_argument("--dtype", choices=("float32", "float64"))
+    p.add_argument("--val-fraction", type=unit_interval,
+                   help="part of the training set held out for validation")
+    p.add_argument("--no-val", action="store_true", help="no validation split")
+    p.add_argument("--patience", type=positive_int, help="early stopping after N epochs without "
+                   "a better validation loss")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist")
+    p.add_argument("--threads", type=positive_int, help="Numba threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--save", type=Path, metavar="PATH", help="write the trained model (.npz)")
+    p.add_argument("--metrics-json", type=Path, metavar="PATH", help="write the run's metrics")
+    p.add_argument("--plot-dir", type=Path, metavar="DIR", help="write figures (PNG) here")
+
+
+def config_from_args(args):
+    """Config = defaults, then the preset, then the options given explicitly."""
+    from .train import Config, PRESETS
+    values = dict(PRESETS[args.preset])
+    explicit = {k: getattr(args, k) for k in ("backend", "optimizer", "batch_size", "lr",
+                                               "schedule", "warmup", "momentum", "weight_decay",
+                                               "init", "seed", "dtype", "val_fraction", "patience")
+                if getattr(args, k) is not None}
+    values.update(explicit)
+    if args.iterations is not None:
+        values.update(iterations=args.iterations, epochs=None)
+    if args.epochs is not None:
+        values.update(epochs=args.epochs, iterations=None)
+    if args.iterations is not None and args.epochs is not None:
+        raise CommandError("give --iterations (full batch) or --epochs (mini-batch), not both")
+    if args.no_val:
+        values["val_fraction"] = 0.0
+    try:
+        return Config(**values).check()
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _writable_dir(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"{what} {path} cannot be created: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise CommandError(f"{what} {path} is not writable")
+
+
+def _check_outputs(args) -> None:
+    """Fail before training, not after, when an output cannot be written."""
+    for opt, path in (("--save", args.save), ("--metrics-json", args.metrics_json)):
+        if path is not None:
+            if path.is_dir():
+                raise CommandError(f"{opt} must be a file path; got the directory {path}")
+            _writable_dir(path.parent if str(path.parent) else Path("."), f"{opt}: directory")
+    if args.plot_dir is not None:
+        _writable_dir(args.plot_dir, "--plot-dir")
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+def cmd_train(args) -> int:
+    from . import data
+    from .params import atomic_write
+    from .train import fit, backend_module, evaluate, TrainingDiverged
+    from .reference import confusion_matrix
+
+    cfg = config_from_args(args)
+    _check_outputs(args)
+    if args.threads is not None:
+        import numba
+        if args.threads > numba.config.NUMBA_NUM_THREADS:
+            raise CommandError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}; "
+                               f"got {args.threads}")
+        numba.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    X, y = data.load_mnist("train", args.data_dir, dataset=args.dataset, progress=not args.quiet)
+    Xt, yt = data.load_mnist("test", args.data_dir, dataset=args.dataset, progress=not args.quiet)
+    load_seconds = time.perf_counter() - t0
+    if cfg.epochs is not None:
+        n_train = len(X) - (max(1, round(len(X) * cfg.val_fraction)) if cfg.val_fraction else 0)
+        if cfg.batch_size > n_train:
+            raise CommandError(f"--batch-size must be between 1 and the number of training rows "
+                               f"({n_train}); got {cfg.batch_size}")
+    try:
+        result = fit(cfg, X, y, progress=not args.quiet)
+    except TrainingDiverged as exc:
+        raise CommandError(f"{exc}; nothing was saved") from None
+    backend = backend_module(cfg.backend)
+    dtype = np.dtype(cfg.dtype)
+    Xtp = backend.prepare(Xt, dtype)
+    test_loss, test_acc = evaluate(backend, result.params, Xtp, yt)
+    steps_per_s = result.steps / result.train_seconds if result.train_seconds else float("inf")
+    metrics = {
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "train_accuracy": result.history["train_accuracy"][-1],
+        "val_accuracy": result.val_accuracy,
+        "final_loss": result.history["loss"][-1],
+        "train_seconds": result.train_seconds,
+        "startup_seconds": result.startup_seconds,
+        "load_seconds": load_seconds,
+        "iterations_per_second": steps_per_s,
+        "steps": result.steps,
+        "backend": cfg.backend,
+        "optimizer": cfg.optimizer,
+        "preset": args.preset,
+        "dataset": args.dataset,
+        "iterations": cfg.iterations,
+        "epochs": cfg.epochs if cfg.epochs is None else len(result.history["epoch"]),
+        "best_epoch": result.best_epoch,
+        "batch_size": cfg.batch_size if cfg.epochs is not None else None,
+        "lr": cfg.lr,
+        "seed": cfg.seed,
+        "dtype": cfg.dtype,
+        "init": cfg.init,
+        "sizes": list(cfg.sizes),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_info(),
+    }
+    if cfg.backend == "numba":
+        import numba
+        metrics["numba_threads"] = numba.get_num_threads()
+    if args.save is not None:
+        result.params.save(args.save)
+    if args.metrics_json is not None:
+        text = json.dumps(metrics, indent=2) + "\n"
+        atomic_write(args.metrics_json, lambda fh: fh.write(text.encode()))
+    if args.plot_dir is not None:
+        from . import plots
+        pred = backend.predict(result.params, Xtp)
+        plots.digits_grid(args.plot_dir / "digits.png", Xt, yt, pred)
+        plots.curves(args.plot_dir / "curves.png", result.history,
+                     title=f"{cfg.backend}, {cfg.optimizer}, lr {cfg.lr:g}")
+        plots.confusion(args.plot_dir / "confusion.png", confusion_matrix(yt, pred))
+        plots.first_layer(args.plot_dir / "first_layer.png", result.params.weights[0])
+    run = (f"{cfg.iterations} iterations" if cfg.iterations is not None
+           else f"{metrics['epochs']} epochs x {result.steps // max(1, metrics['epochs'])} steps")
+    print(f"test accuracy {100 * test_acc:.2f}% | train {result.train_seconds:.2f} s "
+          f"({steps_per_s:.1f} steps/s) | startup {result.startup_seconds:.2f} s | "
+          f"{cfg.backend} {cfg.dtype} | {cfg.optimizer} lr {cfg.lr:g} | {run} | seed {cfg.seed}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate, predict
+
+
+def _load_model(path):
+    from .params import Params
+    try:
+        return Params.load(path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot read the model file ({exc.strerror})") from None
+
+
+def cmd_evaluate(args) -> int:
+    from . import data, jit
+    from .reference import confusion_matrix
+    params = _load_model(args.model)
+    if params.sizes[0] != 784 or params.sizes[-1] != 10:
+        raise CommandError(f"{args.model}: the model maps {params.sizes[0]} inputs to "
+                           f"{params.sizes[-1]} classes; evaluation needs 784 -> 10")
+    Xt, yt = data.load_mnist("test", args.data_dir, dataset=args.dataset, progress=not args.quiet)
+    pred = jit.predict(params, jit.prepare(Xt, params.dtype))
+    C = confusion_matrix(yt, pred)
+    print(f"test accuracy {100 * np.mean(pred == yt):.2f}% ({int(np.sum(pred == yt))} of {len(yt)})")
+    print("per class:  " + "  ".join(f"{k}: {100 * C[k, k] / max(1, C[k].sum()):.1f}%"
+                                    for k in range(10)))
+    print("confusion matrix (rows: true, columns: predicted)")
+    print("      " + " ".join(f"{k:>5}" for k in range(10)))
+    for k in range(10):
+        print(f"{k:>5} " + " ".join(f"{c:>5}" for c in C[k]))
+    return 0
+
+
+def image_to_mnist(path) -> np.ndarray:
+    """Read an image file (PNG or anything Pillow reads) and convert it the MNIST way.
+
+    1. Grayscale; transparent pixels are composited onto the background colour that contrasts
+       with the opaque pixels' ink.
+    2. Inverted when the background (the median of the border pixels) is light, so the digit is
+       bright on dark, as in MNIST.
+    3. Cropped to the digit's bounding box (pixels above 25% of the maximum).
+    4. Scaled so its longer side is 20 pixels, keeping the aspect ratio.
+    5. Placed in a 28x28 image so that its centre of mass is at the centre.
+
+    Returns uint8 (784,), row-major.
+    """
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.float64) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise CommandError(f"{path}: not a readable image ({exc})") from None
+    lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114])
+    alpha = rgba[..., 3]
+    if (alpha < 0.99).any():
+        opaque = alpha > 0.5
+        ink_is_dark = lum[opaque].mean() < 0.5 if opaque.any() else True
+        bg = 1.0 if ink_is_dark else 0.0
+        lum = lum * alpha + bg * (1 - alpha)
+    border = np.concatenate([lum[0], lum[-1], lum[:, 0], lum[:, -1]])
+    if np.median(border) > 0.5:
+        lum = 1.0 - lum
+    lum = np.clip(lum - np.median(border if np.median(border) <= 0.5 else 1 - border), 0, None)
+    if lum.max() <= 0.05:
+        raise CommandError(f"{path}: no digit found (the image is blank)")
+    mask = lum > 0.25 * lum.max()
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    crop = lum[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = crop.shape
+    scale = 20.0 / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = Image.fromarray((crop / crop.max() * 255).astype(np.uint8)).resize((nw, nh),
+                                                                             Image.LANCZOS)
+    small = np.asarray(small, dtype=np.float64)
+    out = np.zeros((28, 28))
+    top, left = (28 - nh) // 2, (28 - nw) // 2
+    out[top:top + nh, left:left + nw] = small
+    total = out.sum()
+    cy = (out.sum(axis=1) @ np.arange(28)) / total
+    cx = (out.sum(axis=0) @ np.arange(28)) / total
+    dy, dx = int(round(13.5 - cy)), int(round(13.5 - cx))
+    out = _shift(out, dy, dx)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8).reshape(784)
+
+
+def _shift(img, dy, dx):
+    """Shift a 2-D image by whole pixels, filling with zeros."""
+    out = np.zeros_like(img)
+    h, w = img.shape
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = img[ys, xs]
+    return out
+
+
+def cmd_predict(args) -> int:
+    from . import jit
+    params = _load_model(args.model)
+    if params.sizes[0] != 784:
+        raise CommandError(f"{args.model}: the model takes {params.sizes[0]} inputs; images need 784")
+    X = np.stack([image_to_mnist(p) for p in args.images])
+    Xf = (X.astype(params.dtype) / params.dtype.type(255))
+    P = jit.predict_proba(params, Xf)
+    for path, probs in zip(args.images, P):
+        digit = int(np.argmax(probs))
+        print(f"{path}: {digit} ({100 * probs[digit]:.1f}%)   " +
+              " ".join(f"{k}:{p:.3f}" for k, p in enumerate(probs)))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# compare: both backends on the same batch, tensor by tensor
+
+# tolerance per dtype: |jit - ref| <= atol + rtol * |ref|, elementwise (measured: see README)
+TOLERANCES = {"float64": (1e-12, 1e-10), "float32": (2e-5, 2e-4)}
+
+
+def compare_rows(dtype="float32", batch_size=256, seed=0, data_dir=None):
+    """Rows (name, max abs diff, max rel diff, atol, rtol, ok) for every tensor of one forward
+    and backward pass on real MNIST, reference vs numba, same params."""
+    from . import data, jit, reference, init_params
+    X, y = data.load_mnist("train", data_dir, progress=False)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(X), size=batch_size, replace=False)
+    dt = np.dtype(dtype)
+    Xf = X[rows].astype(dt) / dt.type(255)
+    yb = y[rows]
+    params = init_params((784, 72, 36, 10), "he", seed, dt)
+    atol, rtol = TOLERANCES[dtype]
+    out = []
+
+    def row(name, a, b):
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        diff = np.abs(a - b)
+        rel = float(np.max(diff / np.maximum(np.abs(a), np.finfo(dt).tiny))) if diff.size else 0.0
+        ok = bool(np.all(diff <= atol + rtol * np.abs(a)))
+        out.append((name, float(diff.max(initial=0)), rel, atol, rtol, ok))
+
+    ra, ja = reference.forward(params, Xf), jit.forward(params, Xf)
+    for l in range(1, len(ra)):
+        row(f"A{l}" if l < len(ra) - 1 else f"Z{l} (logits)", ra[l], ja[l])
+    row("P (softmax)", reference.predict_proba(params, Xf), jit.predict_proba(params, Xf))
+    rl, rg = reference.loss_and_grads(params, Xf, yb)
+    jl, jg = jit.loss_and_grads(params, Xf, yb)
+    row("loss", rl, jl)
+    for l in range(len(rg.weights)):
+        row(f"dW{l + 1}", rg.weights[l], jg.weights[l])
+        row(f"db{l + 1}", rg.biases[l], jg.biases[l])
+    rp, jp = reference.predict(params, Xf), jit.predict(params, Xf)
+    out.append(("predictions (mismatches)", float(np.sum(rp != jp)), 0.0, 0.0, 0.0,
+                bool(np.all(rp == jp))))
+    return out
+
+
+def cmd_compare(args) -> int:
+    rows = compare_rows(args.dtype, args.batch_size, args.seed, args.data_dir)
+    print(f"reference vs numba, {args.dtype}, batch {args.batch_size}, seed {args.seed} "
+          f"(ok when |numba - ref| <= atol + rtol * |ref| everywhere)")
+    print(f"{'tensor':<26}{'max abs diff':>14}{'max rel diff':>14}{'atol':>10}{'rtol':>10}  result")
+    for name, d, r, atol, rtol, ok in rows:
+        print(f"{name:<26}{d:>14.3e}{r:>14.3e}{atol:>10.0e}{rtol:>10.0e}  {'OK' if ok else 'FAIL'}")
+    bad = [r[0] for r in rows if not r[5]]
+    print("all OK" if not bad else f"FAIL: {', '.join(bad)}")
+    return 0 if not bad else EXIT_FAILURE
+
+
+# ----------------------------------------------------------------------------------------------
+# bench
+
+
+def cmd_bench(args) -> int:
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks").is_dir():
+        raise CommandError(f"the benchmark suites are not here ({root / 'benchmarks'}); run this "
+                           f"from a source checkout of fastmlp")
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark", *args.pytest_args]
+    return subprocess.call(cmd, cwd=root)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser(prog="fastmlp") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="fastmlp: an MNIST MLP from scratch, NumPy and Numba")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="train a network (what scripts/train_fast.py does)")
+    add_train_options(t)
+    e = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
+    e.add_argument("model", type=Path)
+    e.add_argument("--data-dir", type=Path)
+    e.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist")
+    e.add_argument("--quiet", action="store_true")
+    pr = sub.add_parser("predict", help="classify image files (PNG) with a saved model")
+    pr.add_argument("model", type=Path)
+    pr.add_argument("images", nargs="+", type=Path)
+    c = sub.add_parser("compare", help="reference vs numba, tensor by tensor")
+    add_compare_options(c)
+    b = sub.add_parser("bench", help="run the benchmark suites (pytest --benchmark)")
+    b.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    return p
+
+
+def add_compare_options(c):
+    c.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    c.add_argument("--batch-size", type=positive_int, default=256)
+    c.add_argument("--seed", type=nonneg_int, default=0)
+    c.add_argument("--data-dir", type=Path)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "compare": cmd_compare, "bench": cmd_bench}
+
+
+def run(command, args, prog) -> int:
+    from .data import DataNotFoundError
+    try:
+        return COMMANDS[command](args)
+    except CommandError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except DataNotFoundError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"{prog}: error:{name} {exc.strerror or exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    return EXIT_FAILURE
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(args.command, args, f"fastmlp {args.command}")
+
+
+def train_main(argv=None, prog="train_fast.py") -> int:
+    p = _Parser(prog=prog, description="Train the 784-72-36-10 network on MNIST.")
+    add_train_options(p)
+    return run("train", p.parse_args(argv), prog)
+
+
+def compare_main(argv=None, prog="compare_backends.py") -> int:
+    p = _Parser(prog=prog, description="Run both backends on one real MNIST batch and compare "
+                "every tensor; exit 1 on any FAIL.")
+    add_compare_options(p)
+    return run("compare", p.parse_args(argv), prog)

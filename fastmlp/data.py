@@ -1,0 +1,473 @@
+"""MNIST and Fashion-MNIST: readers, checksums, the search path and the download.
+
+    X, y = load_mnist("train")                 # X uint8 (60000, 784), y uint8 (60000,)
+    X, y = load_mnist("test", dataset="fashion")
+
+Where the files are looked for, in order (the first place that has them wins):
+
+1. ``data_dir`` when given (and then *only* there: a download also goes there);
+2. the environment variable ``FASTMLP_DATA`` (``FASTMLP_FASHION_DATA`` for Fashion-MNIST);
+3. the user cache ``$XDG_CACHE_HOME/fastmlp`` or ``~/.cache/fastmlp``
+   (``.../fastmlp/fashion`` for Fashion-MNIST);
+4. Fashion-MNIST only: Debian's ``/usr/share/datasets/fashion-mnist`` (package
+   ``dataset-fashion-mnist``);
+5. a download from the public mirrors, tried in turn, into the user cache (or ``data_dir``).
+
+In each directory the IDX files are looked for by their standard names, gzip-compressed
+(``train-images-idx3-ubyte.gz``) or raw (``train-images-idx3-ubyte``); then a CSV file
+(``mnist_train.csv`` / ``mnist_test.csv`` or ``train.csv`` / ``test.csv``), either in the Kaggle
+layout (header row ``label,pixel0,...,pixel783``) or headerless with the label first.
+
+Every IDX file with a standard name is checked against the canonical MD5 of its uncompressed
+content. Every fault in a file is a ``ValueError`` that names the file and the fault. This module
+depends on nothing else in the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "load_mnist",
+    "read_idx",
+    "read_csv",
+    "find_dataset",
+    "download_file",
+    "DataNotFoundError",
+    "DATASETS",
+    "FILES",
+]
+
+SPLITS = ("train", "test")
+
+# file stem per split and kind; the .gz and raw forms share the stem
+FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+
+# canonical MD5 of the *uncompressed* files, as published
+DATASETS = {
+    "mnist": {
+        "env": "FASTMLP_DATA",
+        "cache_subdir": "",
+        "system_dirs": (),
+        "mirrors": (
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        "md5": {
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        "counts": {"train": 60000, "test": 10000},
+    },
+    "fashion": {
+        "env": "FASTMLP_FASHION_DATA",
+        "cache_subdir": "fashion",
+        "system_dirs": ("/usr/share/datasets/fashion-mnist",),
+        "mirrors": (
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
+        "md5": {
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        "counts": {"train": 60000, "test": 10000},
+    },
+}
+
+CSV_NAMES = {"train": ("mnist_train.csv", "train.csv"), "test": ("mnist_test.csv", "test.csv")}
+
+# IDX type byte -> numpy dtype (big-endian, as the format stores them)
+_IDX_TYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+DOWNLOAD_TIMEOUT = 20.0  # seconds per connection attempt
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The data files are in none of the places searched and could not be downloaded."""
+
+
+# ----------------------------------------------------------------------------------------------
+# readers
+
+
+def _open_bytes(path: Path) -> bytes:
+    """The file's content, gunzipped when the name ends in .gz (a ValueError if it is not gzip)."""
+    return _gunzip(path.read_bytes(), str(path), path.suffix == ".gz")
+
+
+def _gunzip(raw: bytes, name: str, is_gz: bool) -> bytes:
+    if not is_gz:
+        return raw
+    if raw[:2] != b"\x1f\x8b":
+        raise ValueError(f"{name}: not a gzip file (the name ends in .gz but the content does not "
+                         f"start with the gzip magic bytes 1f 8b; got {raw[:2].hex() or 'an empty file'})")
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ValueError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+
+
+def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Parse the bytes of an uncompressed IDX file into an array (shape from its header).
+
+    Layout: two zero bytes, a type byte (0x08 = uint8, ...), a byte with the number of
+    dimensions d, then d big-endian uint32 sizes, then the data in row-major order.
+    """
+    if len(content) < 4:
+        raise ValueError(f"{name}: truncated IDX file: {len(content)} bytes, the header alone needs 4")
+    if content[0] != 0 or content[1] != 0:
+        raise ValueError(f"{name}: wrong magic number: an IDX file starts with two zero bytes; "
+                         f"got {content[:4].hex()}")
+    type_byte, ndim = content[2], content[3]
+    if type_byte not in _IDX_TYPES:
+        known = ", ".join(f"0x{t:02x}" for t in _IDX_TYPES)
+        raise ValueError(f"{name}: wrong data type byte: expected one of {known}; got 0x{type_byte:02x}")
+    if ndim == 0:
+        raise ValueError(f"{name}: wrong magic number: the IDX header declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(content) < header:
+        raise ValueError(f"{name}: truncated IDX file: {len(content)} bytes, the header of a "
+                         f"{ndim}-dimensional file needs {header}")
+    shape = struct.unpack(f">{ndim}I", content[4:header])
+    dtype = _IDX_TYPES[type_byte]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    got = len(content) - header
+    if got < expected:
+        raise ValueError(f"{name}: truncated IDX file: the header says shape {shape} "
+                         f"({expected} data bytes); the file has {got}")
+    if got > expected:
+        raise ValueError(f"{name}: sizes in the header do not match the data: the header says shape "
+                         f"{shape} ({expected} data bytes); the file has {got}")
+    arr = np.frombuffer(content, dtype=dtype, offset=header).reshape(shape)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file, gzip-compressed (name ends in .gz) or raw. Faults are ValueErrors."""
+    path = Path(path)
+    return parse_idx(_open_bytes(path), str(path))
+
+
+def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    if labels.ndim != 1:
+        raise ValueError(f"{name}: labels must be one-dimensional; got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        bad = int(np.flatnonzero((labels < 0) | (labels > 9))[0])
+        raise ValueError(f"{name}: labels must be in 0..9; got {int(labels[bad])} at row {bad}")
+    return labels.astype(np.uint8)
+
+
+def _check_images(images: np.ndarray, name: str) -> np.ndarray:
+    if images.dtype != np.uint8:
+        raise ValueError(f"{name}: images must be unsigned bytes (IDX type 0x08); got {images.dtype}")
+    if images.ndim == 3:
+        images = images.reshape(images.shape[0], -1)
+    if images.ndim != 2 or images.shape[1] != 784:
+        raise ValueError(f"{name}: images must be 28x28 (784 pixels); got shape {images.shape}")
+    return images
+
+
+def read_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read MNIST from CSV: one image per row, the label first, then 784 pixels in 0..255.
+
+    Takes the Kaggle layout (header row ``label,pixel0,...,pixel783``) and the headerless one.
+    Returns images uint8 (n, 784) and labels uint8 (n,).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the CSV file ({exc.strerror})") from None
+    if not first.strip():
+        raise ValueError(f"{path}: empty CSV file: expected rows of a label and 784 pixels")
+    first_cell = first.split(",")[0].strip().strip('"')
+    has_header = not _is_number(first_cell)
+    try:
+        frame = pd.read_csv(path, header=0 if has_header else None, dtype=str,
+                            keep_default_na=False, skip_blank_lines=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: malformed CSV ({msg})") from None
+    if frame.shape[1] != 785:
+        raise ValueError(f"{path}: wrong number of columns: expected 785 (label + 784 pixels); "
+                         f"got {frame.shape[1]}")
+    if frame.shape[0] == 0:
+        raise ValueError(f"{path}: the CSV file has a header but no rows")
+    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        cell = frame.iat[r, c]
+        raise ValueError(f"{path}: non-numeric or NaN cell at row {r + 1}, column {c + 1}: "
+                         f"expected a number; got {cell!r}")
+    if (values != np.round(values)).any():
+        r, c = np.argwhere(values != np.round(values))[0]
+        raise ValueError(f"{path}: cell at row {r + 1}, column {c + 1} must be a whole number; "
+                         f"got {values[r, c]!r}")
+    labels, pixels = values[:, 0], values[:, 1:]
+    out = (pixels < 0) | (pixels > 255)
+    if out.any():
+        r, c = np.argwhere(out)[0]
+        raise ValueError(f"{path}: pixels must be in 0..255; got {pixels[r, c]:g} at row {r + 1}, "
+                         f"column {c + 2}")
+    labels = _check_labels(labels, str(path))
+    return pixels.astype(np.uint8), labels
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# checksums and the search path
+
+
+def md5_hex(content: bytes) -> str:
+    return hashlib.md5(content).hexdigest()
+
+
+def _verify(content: bytes, stem: str, dataset: str, path: Path) -> None:
+    expected = DATASETS[dataset]["md5"][stem]
+    got = md5_hex(content)
+    if got != expected:
+        raise ValueError(f"{path}: checksum mismatch: the MD5 of the uncompressed content must be "
+                         f"{expected} (canonical {dataset} {stem}); got {got}. The file is damaged "
+                         f"or is not the {dataset} file; delete it or point data_dir elsewhere.")
+
+
+def user_cache_dir(dataset: str = "mnist") -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fastmlp" / DATASETS[dataset]["cache_subdir"]
+
+
+def search_dirs(dataset: str = "mnist", data_dir=None) -> list[Path]:
+    """The directories searched, in order (data_dir alone when it is given)."""
+    if data_dir is not None:
+        return [Path(data_dir)]
+    spec = DATASETS[dataset]
+    dirs = []
+    env = os.environ.get(spec["env"])
+    if env:
+        dirs.append(Path(env))
+    dirs.append(user_cache_dir(dataset))
+    dirs.extend(Path(d) for d in spec["system_dirs"])
+    return dirs
+
+
+def _idx_in(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        p = directory / name
+        if p.is_file():
+            return p
+    return None
+
+
+def find_dataset(split: str, dataset: str = "mnist", data_dir=None):
+    """Where the files for ``split`` are: ("idx", images_path, labels_path), ("csv", path, None)
+    or None."""
+    for d in search_dirs(dataset, data_dir):
+        imgs = _idx_in(d, FILES[(split, "images")])
+        labs = _idx_in(d, FILES[(split, "labels")])
+        if imgs and labs:
+            return ("idx", imgs, labs)
+        if dataset == "mnist":
+            for name in CSV_NAMES[split]:
+                if (d / name).is_file():
+                    return ("csv", d / name, None)
+    return None
+
+
+# parsed and verified files, keyed by (path, size, mtime): a second load does not re-read them
+_CACHE: dict = {}
+
+
+def _load_idx_verified(path: Path, stem: str, dataset: str, verify: bool) -> np.ndarray:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, verify)
+    if key not in _CACHE:
+        content = _open_bytes(path)
+        arr = parse_idx(content, str(path))  # structural faults first: they say more
+        if verify:
+            _verify(content, stem, dataset, path)
+        arr.setflags(write=False)
+        _CACHE[key] = arr
+    return _CACHE[key]
+
+
+def _check_pair(images, labels, img_name, lab_name):
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{img_name} and {lab_name}: image and label counts differ: "
+                         f"{images.shape[0]} images, {labels.shape[0]} labels")
+
+
+def load_mnist(split: str, data_dir=None, *, dataset: str = "mnist", download: bool = True,
+               verify: bool = True, progress: bool = True):
+    """Load a split of MNIST (or Fashion-MNIST with ``dataset="fashion"``).
+
+    Parameters
+    ----------
+    split : "train" (60,000 images) or "test" (10,000 images)
+    data_dir : directory to read from and, if the files are missing, to download into.
+        When None: ``$FASTMLP_DATA``, then the user cache, then a download into the cache.
+    dataset : "mnist" or "fashion"
+    download : try the public mirrors when the files are found nowhere
+    verify : check the canonical MD5 of IDX files
+
+    Returns
+    -------
+    images : uint8 array, shape (n, 784), pixel values 0..255, row-major 28x28
+    labels : uint8 array, shape (n,), values 0..9
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    found = find_dataset(split, dataset, data_dir)
+    if found is None:
+        if not download:
+            raise _not_found(split, dataset, data_dir, [])
+        target = Path(data_dir) if data_dir is not None else user_cache_dir(dataset)
+        failures = []
+        for kind in ("images", "labels"):
+            stem = FILES[(split, kind)]
+            if _idx_in(target, stem) is None:
+                ok, errs = _download_from_mirrors(stem, dataset, target, progress)
+                failures.extend(errs)
+                if not ok:
+                    raise _not_found(split, dataset, data_dir, failures)
+        found = find_dataset(split, dataset, data_dir)
+        if found is None:  # pragma: no cover - the download just put the files there
+            raise _not_found(split, dataset, data_dir, failures)
+
+    kind, a, b = found
+    if kind == "csv":
+        st = a.stat()
+        key = (str(a.resolve()), st.st_size, st.st_mtime_ns, "csv")
+        if key not in _CACHE:
+            _CACHE[key] = read_csv(a)
+        images, labels = _CACHE[key]
+        return images.copy(), labels.copy()
+    images = _load_idx_verified(a, FILES[(split, "images")], dataset, verify)
+    labels = _load_idx_verified(b, FILES[(split, "labels")], dataset, verify)
+    images = _check_images(images, str(a))
+    labels = _check_labels(labels, str(b))
+    _check_pair(images, labels, str(a), str(b))
+    return np.array(images, dtype=np.uint8), np.array(labels, dtype=np.uint8)
+
+
+def _not_found(split, dataset, data_dir, failures) -> DataNotFoundError:
+    places = [str(d) for d in search_dirs(dataset, data_dir)]
+    names = f"{FILES[(split, 'images')]}[.gz] and {FILES[(split, 'labels')]}[.gz]"
+    if dataset == "mnist":
+        names += f" (or {' / '.join(CSV_NAMES[split])})"
+    lines = [f"{dataset} {split} data not found: looked for {names} in:"]
+    lines += [f"  - {p}" for p in places]
+    if failures:
+        lines.append("and the download failed:")
+        lines += [f"  - {f}" for f in failures]
+    env = DATASETS[dataset]["env"]
+    lines.append(f"Point fastmlp at the files with data_dir=... (--data-dir DIR on the command line) "
+                 f"or the environment variable {env}=DIR, or connect to the internet to download them.")
+    return DataNotFoundError("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------------------------
+# download
+
+
+def _download_from_mirrors(stem: str, dataset: str, target: Path, progress: bool):
+    errors = []
+    for mirror in DATASETS[dataset]["mirrors"]:
+        url = mirror + stem + ".gz"
+        try:
+            download_file(url, target / (stem + ".gz"), expected_md5=DATASETS[dataset]["md5"][stem],
+                          progress=progress)
+            return True, errors
+        except (OSError, ValueError, urllib.error.URLError) as exc:
+            errors.append(f"{url}: {exc}")
+    return False, errors
+
+
+def download_file(url: str, dest, *, expected_md5: str | None = None, progress: bool = True,
+                  timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+    """Download ``url`` to ``dest`` atomically, checking the MD5 of the (gunzipped) content.
+
+    The bytes go to a temporary file beside ``dest``, which is renamed into place only when the
+    transfer is complete and the checksum matches; on any failure it is removed. Two processes
+    downloading the same file at once both end with a good file (the last rename wins, and both
+    renamed complete, verified files).
+    """
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = resp.headers.get("Content-Length")
+            total = int(total) if total and total.isdigit() else None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress,
+                      leave=False) as bar:
+                while True:
+                    chunk = resp.read(1 << 16)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            if total is not None and out.tell() != total:
+                raise ValueError(f"incomplete download: expected {total} bytes; got {out.tell()}")
+        if expected_md5 is not None:
+            content = _gunzip(Path(tmp).read_bytes(), url, dest.suffix == ".gz")
+            got = md5_hex(content)
+            if got != expected_md5:
+                raise ValueError(f"checksum mismatch: expected MD5 {expected_md5}; got {got}")
+        os.replace(tmp, dest)
+        return dest
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def gzip_bytes(content: bytes) -> bytes:
+    """Gzip ``content`` (used to write test fixtures and downloads alike)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+        gz.write(content)
+    return buf.getvalue()

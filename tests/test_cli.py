@@ -1,0 +1,206 @@
+"""The command line: train_fast.py and the fastmlp command, including every foreseeable error."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastmlp import cli, init_params
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model trained by the command line (2 epochs), with its metrics and figures."""
+    d = tmp_path_factory.mktemp("run")
+    code = cli.main(["train", "--epochs", "2", "--quiet", "--save", str(d / "model.npz"),
+                     "--metrics-json", str(d / "metrics.json"), "--plot-dir", str(d / "figs")])
+    assert code == 0
+    return d
+
+
+def test_train_writes_model_metrics_and_figures(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for key in ("test_accuracy", "train_seconds", "iterations_per_second", "backend", "optimizer",
+                "epochs", "seed", "startup_seconds", "load_seconds", "date", "machine"):
+        assert key in metrics, key
+    assert metrics["test_accuracy"] > 0.95 and metrics["backend"] == "numba"
+    figs = sorted(p.name for p in (trained / "figs").iterdir())
+    assert figs == ["confusion.png", "curves.png", "digits.png", "first_layer.png"]
+    for f in figs:
+        assert (trained / "figs" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in trained.iterdir()) == ["figs", "metrics.json", "model.npz"]
+
+
+def test_train_fast_script_end_to_end(tmp_path):
+    """The main job as a user runs it: the original preset, cut to 20 iterations."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_fast.py"), "--preset",
+                          "original", "--iterations", "20", "--quiet", "--metrics-json",
+                          str(tmp_path / "m.json")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("test accuracy ")
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["iterations"] == 20 and m["optimizer"] == "gd" and m["lr"] == 0.2
+    assert 0.3 < m["test_accuracy"] < 0.9
+
+
+def test_evaluate(trained, capsys):
+    code, out, err = run_cli(capsys, "evaluate", str(trained / "model.npz"), "--quiet")
+    assert code == 0, err
+    assert out.startswith("test accuracy ") and "per class:" in out and "confusion matrix" in out
+    assert len(out.strip().splitlines()) == 3 + 1 + 10
+
+
+def _digit_png(path, img28, mode, scale=4, invert=False):
+    big = np.kron(img28.reshape(28, 28), np.ones((scale, scale))).astype(np.uint8)
+    if invert:
+        big = 255 - big
+    if mode == "L":
+        Image.fromarray(big).save(path)
+    elif mode == "RGB":
+        Image.fromarray(np.stack([big] * 3, axis=-1)).save(path)
+    elif mode == "RGBA":      # dark ink on a transparent background
+        ink = 255 - big
+        rgba = np.zeros(big.shape + (4,), np.uint8)
+        rgba[..., 3] = 255 - ink if invert else big
+        Image.fromarray(rgba).save(path)
+
+
+def test_predict_png_variants(trained, mnist_test, tmp_path, capsys):
+    Xt, yt = mnist_test
+    paths, labels = [], []
+    variants = [("L", False), ("RGB", True), ("RGBA", False), ("L", True), ("RGB", False)]
+    for i, (mode, invert) in enumerate(variants * 2):
+        p = tmp_path / f"digit{i}_{mode}{'_inv' if invert else ''}.png"
+        _digit_png(p, Xt[i], mode, scale=2 + i % 4, invert=invert)
+        paths.append(str(p))
+        labels.append(int(yt[i]))
+    code, out, err = run_cli(capsys, "predict", str(trained / "model.npz"), *paths)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == len(paths)
+    predicted = [int(line.split(": ")[1].split()[0]) for line in lines]
+    assert sum(p == l for p, l in zip(predicted, labels)) >= 8, (predicted, labels)
+    probs = [float(x.split(":")[1]) for x in lines[0].split("   ")[1].split()]
+    assert len(probs) == 10 and abs(sum(probs) - 1) < 0.01
+
+
+def test_image_conversion_matches_mnist_layout(mnist_test, tmp_path):
+    Xt, _ = mnist_test
+    p = tmp_path / "d.png"
+    _digit_png(p, Xt[0], "L", scale=5, invert=True)      # black on white, 140x140
+    x = cli.image_to_mnist(p).reshape(28, 28).astype(float)
+    assert x.max() > 200 and x[0].sum() == 0 and x[:, 0].sum() == 0
+    rows, cols = np.nonzero(x > 50)
+    assert max(rows.max() - rows.min(), cols.max() - cols.min()) <= 21
+    cy = (x.sum(axis=1) @ np.arange(28)) / x.sum()
+    assert abs(cy - 13.5) < 1
+
+
+# ----------------------------------------------------------------------------------------------
+# errors: one line, non-zero exit, naming the option, what is allowed and what was given
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--lr", "-0.1"], "argument --lr: must be a number > 0; got -0.1"),
+    (["--lr", "0"], "argument --lr: must be a number > 0; got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1; got 0"),
+    (["--epochs", "0"], "argument --epochs: must be an integer >= 1; got 0"),
+    (["--iterations", "-3"], "argument --iterations: must be an integer >= 1; got -3"),
+    (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
+    (["--backend", "cuda"], "argument --backend: invalid choice: 'cuda' (choose from"),
+    (["--dataset", "kmnist"], "argument --dataset: invalid choice: 'kmnist'"),
+    (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (["--preset", "turbo"], "argument --preset: invalid choice: 'turbo'"),
+    (["--val-fraction", "1.5"], "argument --val-fraction: must be a number in (0, 1); got 1.5"),
+    (["--lr", "fast"], "argument --lr: must be a number > 0; got 'fast'"),
+])
+def test_bad_options_one_line(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+
+
+def test_backend_error_lists_known_backends(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--backend", "cuda"])
+    assert "'numba', 'reference'" in capsys.readouterr().err
+
+
+def _one_line_error(capsys, *argv):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 1
+    assert err.startswith("fastmlp ") and "error:" in err and "Traceback" not in err
+    return err
+
+
+def test_batch_size_larger_than_training_set(capsys):
+    err = _one_line_error(capsys, "train", "--batch-size", "70000", "--quiet")
+    assert "--batch-size must be between 1 and the number of training rows (55000); got 70000" in err
+
+
+def test_missing_data_names_places(capsys, tmp_path):
+    err = _one_line_error(capsys, "train", "--data-dir", str(tmp_path / "none"), "--quiet")
+    assert str(tmp_path / "none") in err and "not found" in err
+
+
+def test_unwritable_output_fails_before_training(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = _one_line_error(capsys, "train", "--plot-dir", str(blocker / "figs"), "--quiet")
+    assert "--plot-dir" in err
+    err = _one_line_error(capsys, "train", "--save", str(tmp_path), "--quiet")
+    assert "--save must be a file path" in err
+
+
+def test_foreign_model_file(capsys, tmp_path):
+    f = tmp_path / "model.npz"
+    f.write_text("not a model")
+    err = _one_line_error(capsys, "evaluate", str(f))
+    assert "not a fastmlp model file" in err
+    err = _one_line_error(capsys, "predict", str(tmp_path / "missing.npz"), "x.png")
+    assert "no such model file" in err
+
+
+def test_predict_rejects_non_images(capsys, tmp_path):
+    model = init_params(dtype=np.float32).save(tmp_path / "m.npz")
+    bad = tmp_path / "notes.png"
+    bad.write_text("hello")
+    err = _one_line_error(capsys, "predict", str(model), str(bad))
+    assert "not a readable image" in err
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((30, 30), 255, np.uint8)).save(blank)
+    assert "no digit found" in _one_line_error(capsys, "predict", str(model), str(blank))
+
+
+def test_diverged_training_saves_nothing(capsys, tmp_path):
+    err = _one_line_error(capsys, "train", "--preset", "original", "--iterations", "30", "--lr",
+                          "1e6", "--save", str(tmp_path / "m.npz"), "--quiet")
+    assert "diverged" in err and "lr=1e+06" in err and "nothing was saved" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_script_passes_and_prints_every_tensor():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_backends.py"),
+                          "--dtype", "float64", "--batch-size", "64"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in ("A1", "A2", "Z3 (logits)", "loss", "dW1", "db1", "dW2", "db2", "dW3", "db3",
+                 "predictions"):
+        assert name in out.stdout
+    assert "all OK" in out.stdout

@@ -1,0 +1,233 @@
+"""The jitted kernels against their reference twins, tensor by tensor.
+
+Tests marked ``small`` use small inputs; CI runs them a second time with NUMBA_DISABLE_JIT=1 so
+that the kernel bodies run as plain Python (and coverage sees them).
+"""
+
+import os
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from fastmlp import init_params, jit as J, reference as R
+
+from support import real_batch
+
+JIT_DISABLED = os.environ.get("NUMBA_DISABLE_JIT") == "1"
+
+# |jit - ref| <= atol * max|ref| + rtol * |ref|, per tensor (float32 measured: see README)
+TOL = {np.float64: (1e-12, 1e-10), np.float32: (2e-5, 2e-4)}
+
+
+def assert_close(jit_value, ref_value, dtype, name):
+    atol, rtol = TOL[dtype]
+    ref_value = np.asarray(ref_value, dtype=np.float64)
+    scale = max(1.0, float(np.abs(ref_value).max(initial=0)))
+    np.testing.assert_allclose(np.asarray(jit_value, dtype=np.float64), ref_value, rtol=rtol,
+                               atol=atol * scale, err_msg=name)
+
+
+def compare_all(params, X, y, label):
+    dtype = params.dtype.type
+    ra, ja = R.forward(params, X), J.forward(params, X)
+    assert len(ra) == len(ja)
+    for l in range(1, len(ra)):
+        assert ja[l].dtype == params.dtype
+        assert_close(ja[l], ra[l], dtype, f"jit.forward A{l} {label}")
+    rl, rg = R.loss_and_grads(params, X, y)
+    jl, jg = J.loss_and_grads(params, X, y)
+    assert_close(jl, rl, dtype, f"jit.loss_and_grads loss {label}")
+    for l in range(len(rg.weights)):
+        assert jg.weights[l].dtype == params.dtype
+        assert_close(jg.weights[l], rg.weights[l], dtype, f"jit.loss_and_grads dW{l + 1} {label}")
+        assert_close(jg.biases[l], rg.biases[l], dtype, f"jit.loss_and_grads db{l + 1} {label}")
+    rp, jp = R.predict_proba(params, X), J.predict_proba(params, X)
+    assert_close(jp, rp, dtype, f"jit.predict_proba {label}")
+    # predictions agree except where the two best probabilities tie within rounding
+    top2 = np.sort(rp, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-5
+    assert np.array_equal(J.predict(params, X)[clear], R.predict(params, X)[clear]), label
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 7])
+def test_twins_small_real_batches(mnist_train, dtype, n):
+    X, y = real_batch(mnist_train, n, dtype, start=100)
+    params = init_params((784, 72, 36, 10), "he", 0, dtype)
+    compare_all(params, X, y, f"{np.dtype(dtype).name} n={n}")
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="too slow as plain Python")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [64, 60000])
+@pytest.mark.parametrize("scheme", ["he", "uniform"])
+def test_twins_real_batches(mnist_train, dtype, n, scheme):
+    X, y = real_batch(mnist_train, n, dtype)
+    params = init_params((784, 72, 36, 10), scheme, 2, dtype)
+    compare_all(params, X, y, f"{np.dtype(dtype).name} n={n} {scheme}")
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("sizes", [(784, 10), (784, 32, 10), (784, 48, 24, 12, 10), (784, 100, 50, 10)])
+def test_twins_other_architectures(mnist_train, sizes):
+    X, y = real_batch(mnist_train, 5, np.float64)
+    params = init_params(sizes, "he", 4, np.float64)
+    compare_all(params, X, y, f"sizes={sizes}")
+
+
+@pytest.mark.small
+def test_twins_non_mnist_input_width():
+    rng = np.random.default_rng(0)
+    X = rng.random((6, 20))
+    params = init_params((20, 8, 10), "uniform", 0, np.float64)
+    compare_all(params, X, rng.integers(0, 10, 6), "20-8-10")
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sparse_edge_cases(mnist_train, dtype):
+    X, y = real_batch(mnist_train, 6, dtype)
+    X[0] = 0                                                     # an all-zero image
+    X[1] = np.random.default_rng(0).uniform(0.01, 1, 784)        # dense: no zeros at all
+    params = init_params((784, 72, 36, 10), "he", 0, dtype)
+    params.weights[0][:, 5] = -1                                 # hidden unit 5 dead for every sample
+    params.biases[0][5] = -1
+    compare_all(params, X, y, "edge cases")
+    _, g = J.loss_and_grads(params, X, y)
+    assert not g.weights[0][:, 5].any() and not g.weights[1][5].any()
+
+
+@pytest.mark.small
+def test_all_zero_batch_gives_bias_only_gradients():
+    params = init_params((784, 72, 36, 10), "he", 0, np.float64)
+    X = np.zeros((3, 784))
+    y = np.array([1, 2, 3])
+    compare_all(params, X, y, "all zero")
+    _, g = J.loss_and_grads(params, X, y)
+    assert not g.weights[0].any()
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="many examples: too slow as plain Python")
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 40), h1=st.integers(1, 40), h2=st.integers(1, 20),
+       density=st.floats(0, 1), seed=st.integers(0, 2**31 - 1),
+       scheme=st.sampled_from(["he", "uniform"]))
+def test_twins_random_inputs(n, h1, h2, density, seed, scheme):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, 50)) * (rng.random((n, 50)) < density)
+    params = init_params((50, h1, h2, 10), scheme, seed % 1000, np.float64)
+    compare_all(params, X, rng.integers(0, 10, n), f"random n={n} h=({h1},{h2}) d={density:.2f}")
+
+
+@pytest.mark.small
+def test_csr_input_equals_dense_input(mnist_train):
+    X, y = mnist_train
+    params = init_params(dtype=np.float32)
+    Xf = R.prepare(X[:50], np.float32)
+    C = J.prepare(X[:50], np.float32)
+    assert C.values.dtype == np.uint8 and C.dtype == np.float32
+    ld, gd = J.loss_and_grads(params, Xf, y[:50])
+    lc, gc = J.loss_and_grads(params, C, y[:50])
+    assert ld == lc
+    for a, b in zip(gd.arrays(), gc.arrays()):
+        assert np.array_equal(a, b)
+    assert np.array_equal(J.predict_proba(params, Xf), J.predict_proba(params, C))
+
+
+# ----------------------------------------------------------------------------------------------
+# training: the same trajectory on both backends
+
+
+OPTS = {"gd": 0.1, "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 1e-3}
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="too slow as plain Python")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("optimizer", sorted(OPTS))
+def test_training_trajectories_match(mnist_train, dtype, optimizer):
+    X, y = mnist_train
+    X, y = X[:3000], y[:3000].astype(np.int64)
+    lr = OPTS[optimizer]
+    hyper = dict(weight_decay=1e-4, momentum=0.9)
+    p0 = init_params((784, 72, 36, 10), "he", 7, dtype)
+    pr, pj = p0.copy(), p0.copy()
+    sr, sj = R.init_state(pr, optimizer), R.init_state(pj, optimizer)
+    lrs = np.full(4, lr)
+    lr_ref = R.gd_steps(pr, sr, R.prepare(X, dtype), y, lrs, optimizer=optimizer, **hyper)
+    lr_jit = J.gd_steps(pj, sj, J.prepare(X, dtype), y, lrs, optimizer=optimizer, **hyper)
+    perm = np.random.default_rng(0).permutation(len(X))
+    steps = -(-len(X) // 128)
+    lrs = np.full(steps, lr)
+    le_ref = R.sgd_epoch(pr, sr, R.prepare(X, dtype), y, perm, 128, lrs, t0=4, optimizer=optimizer, **hyper)
+    le_jit = J.sgd_epoch(pj, sj, J.prepare(X, dtype), y, perm, 128, lrs, t0=4, optimizer=optimizer, **hyper)
+    tol = 1e-9 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(lr_jit, lr_ref, rtol=tol, err_msg=f"gd losses {optimizer}")
+    np.testing.assert_allclose(le_jit, le_ref, rtol=tol * 10, err_msg=f"sgd losses {optimizer}")
+    for k, (a, b) in enumerate(zip(pj.arrays(), pr.arrays())):
+        scale = np.abs(b).max()
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol * 100 * scale,
+                                   err_msg=f"params[{k}] after training, {optimizer}")
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="too slow as plain Python")
+def test_same_seed_bitwise_identical_and_thread_independent(mnist_train):
+    X, y = mnist_train
+    C = J.prepare(X[:20000], np.float32)
+    yy = y[:20000].astype(np.int64)
+    perm = np.random.default_rng(1).permutation(20000)
+    runs = []
+    threads = [numba.get_num_threads(), numba.get_num_threads(), 1]
+    for t in threads:
+        numba.set_num_threads(t)
+        try:
+            p = init_params(seed=3, dtype=np.float32)
+            st_ = R.init_state(p, "nesterov")
+            J.gd_steps(p, st_, C, yy, np.full(3, 0.1), optimizer="nesterov")
+            J.sgd_epoch(p, st_, C, yy, perm, 128, np.full(157, 0.05), t0=3, optimizer="nesterov")
+        finally:
+            numba.set_num_threads(threads[0])
+        runs.append(p)
+    for other in runs[1:]:
+        for a, b in zip(runs[0].arrays(), other.arrays()):
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.small
+def test_update_twin():
+    p = init_params((784, 16, 10), "he", 0, np.float64)
+    g = p.copy()
+    for opt in ("sgd", "momentum", "nesterov", "adam"):
+        pr, pj = p.copy(), p.copy()
+        sr, sj = R.init_state(pr, opt), R.init_state(pj, opt)
+        for t in (1, 2, 3):
+            R.update(pr, g, sr, 0.01, t, opt, weight_decay=0.01)
+            J.update(pj, g, sj, 0.01, t, opt, weight_decay=0.01)
+        for a, b in zip(pj.arrays(), pr.arrays()):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15, err_msg=opt)
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("X, y, exc, msg", [
+    (np.zeros((2, 28, 28), np.float32), [0, 1], ValueError, r"X must have shape \(n, 784\)"),
+    (np.zeros((2, 784)), [0, 1], TypeError, "X must have the params' dtype float32; got float64"),
+    (np.zeros((0, 784), np.float32), [], ValueError, "n >= 1"),
+    (np.zeros((2, 784), np.float32), [0, 10], ValueError, "labels must be in 0..9; got 10 at row 1"),
+    (np.zeros((2, 784), np.float32), [-1, 0], ValueError, "labels must be in 0..9; got -1 at row 0"),
+])
+def test_jit_rejects_bad_input(X, y, exc, msg):
+    params = init_params(dtype=np.float32)
+    with pytest.raises(exc, match=msg):
+        J.loss_and_grads(params, X, np.asarray(y, dtype=np.int64))
+
+
+@pytest.mark.small
+def test_non_contiguous_input_is_accepted():
+    rng = np.random.default_rng(0)
+    base = rng.random((10, 1568))
+    X = base[:, ::2]                       # a strided view
+    assert not X.flags.c_contiguous
+    params = init_params(dtype=np.float64)
+    compare_all(params, X, rng.integers(0, 10, 10), "strided X")

@@ -1,0 +1,75 @@
+"""Params: initialisation schemes, dtypes, save/load."""
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import Params, init_params
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_uniform_scheme_matches_the_original(dtype):
+    p = init_params((784, 72, 36, 10), "uniform", seed=3, dtype=dtype)
+    assert p.sizes == (784, 72, 36, 10) and p.dtype == dtype
+    for W, b in zip(p.weights, p.biases):
+        assert W.flags.c_contiguous and W.dtype == dtype and b.dtype == dtype
+        for a in (W, b):
+            assert a.min() >= -0.5 and a.max() < 0.5
+    assert abs(p.weights[0].mean()) < 0.01 and abs(p.weights[0].std() - np.sqrt(1 / 12)) < 0.01
+
+
+def test_he_scheme_statistics():
+    p = init_params((784, 72, 36, 10), "he", seed=0, dtype=np.float64)
+    for W, b in zip(p.weights, p.biases):
+        assert abs(W.std() - np.sqrt(2 / W.shape[0])) < 0.1 * np.sqrt(2 / W.shape[0])
+        assert not b.any()
+
+
+def test_same_seed_same_numbers_across_dtypes():
+    a = init_params(seed=5, dtype=np.float64)
+    b = init_params(seed=5, dtype=np.float32)
+    c = init_params(seed=6, dtype=np.float64)
+    assert np.array_equal(a.weights[0].astype(np.float32), b.weights[0])
+    assert not np.array_equal(a.weights[0], c.weights[0])
+
+
+@pytest.mark.parametrize("kwargs, exc, msg", [
+    (dict(scheme="xavier"), ValueError, "scheme must be one of uniform, he; got 'xavier'"),
+    (dict(dtype=np.int32), TypeError, "dtype must be float32 or float64"),
+    (dict(seed=-1), ValueError, "seed must be an integer >= 0; got -1"),
+    (dict(sizes=(784,)), ValueError, "at least two layer widths"),
+    (dict(sizes=(784, 0, 10)), ValueError, "each >= 1"),
+])
+def test_init_rejects_bad_arguments(kwargs, exc, msg):
+    with pytest.raises(exc, match=msg):
+        init_params(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_save_load_roundtrip(tmp_path, dtype):
+    p = init_params((784, 20, 10), "he", seed=1, dtype=dtype)
+    path = p.save(tmp_path / "m.npz")
+    q = Params.load(path)
+    assert q.sizes == p.sizes and q.dtype == dtype
+    for a, b in zip(p.arrays(), q.arrays()):
+        assert np.array_equal(a, b)
+    assert [f.name for f in tmp_path.iterdir()] == ["m.npz"]   # no temporary left behind
+
+
+def test_load_rejects_foreign_files(tmp_path):
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.zeros(3))
+    text = tmp_path / "notes.npz"
+    text.write_text("hello")
+    for path in (other, text):
+        with pytest.raises(ValueError, match=f"{path}: not a fastmlp model file"):
+            Params.load(path)
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        Params.load(tmp_path / "missing.npz")
+
+
+def test_params_checks_shapes():
+    with pytest.raises(ValueError, match="layer 1: W has 5 inputs but layer 0 has 4 outputs"):
+        Params([np.zeros((3, 4)), np.zeros((5, 2))], [np.zeros(4), np.zeros(2)])
+    with pytest.raises(TypeError, match="share one dtype"):
+        Params([np.zeros((3, 4)), np.zeros((4, 2), np.float32)], [np.zeros(4), np.zeros(2)])
