@@ -65,7 +65,7 @@ _STRICT = dict(cache=True, error_model="numpy", boundscheck=False)
 
 NSLOTS = 4           # partial-gradient slots for a large batch (fixed: results do not depend on threads)
 MIN_SLOT_ROWS = 64   # a slot gets at least this many rows
-NSLOTS_FWD = 16      # row ranges for forward-only kernels (no partials, so more is cheap)
+NSLOTS_FWD = 16      # most row ranges for forward-only kernels (no partials, so more is cheap)
 
 
 class CSR(NamedTuple):
@@ -241,136 +241,174 @@ def _sparse_row_outer(gW, idx, val, lut, p0, p1, d):
             g[k] += v * d[k]
 
 
-@njit(inline="always", **_FAST)
-def _relu_compact(z, idx, val, o):
-    """ReLU of z, keeping only the active units as a sparse row: idx[o:o+c], val[o:o+c].
-    Returns c. Inactive units (z <= 0) are dropped; NaN is kept so that it propagates.
-    Branch-free: every unit is written, and the write position advances only for active ones
-    (about half the units are active, in no predictable pattern)."""
-    c = 0
-    for k in range(z.shape[0]):
-        zk = z[k]
-        idx[o + c] = k
-        val[o + c] = zk
-        c += not zk <= 0
-    return c
-
-
-@njit(inline="always", **_FAST)
-def _sparse_row_matvec_t(out, WT, idx, d, p0, p1):
-    """out = sum over q in p0..p1-1 of d[idx[q]] * WT[idx[q], :]: the product d @ W.T restricted to
-    the entries idx[p0:p1] of d (the others are zero), computed from the transposed weights so
-    that the inner loop runs along a contiguous row. Four rows per pass, as in _sparse_row_matmul.
-    """
-    H = out.shape[0]
-    for k in range(H):
-        out[k] = 0
-    q = p0
-    while q + 4 <= p1:
-        m0 = idx[q]
-        m1 = idx[q + 1]
-        m2 = idx[q + 2]
-        m3 = idx[q + 3]
-        w0 = WT[m0]
-        w1 = WT[m1]
-        w2 = WT[m2]
-        w3 = WT[m3]
-        d0 = d[m0]
-        d1 = d[m1]
-        d2 = d[m2]
-        d3 = d[m3]
-        for k in range(H):
-            out[k] += (d0 * w0[k] + d1 * w1[k]) + (d2 * w2[k] + d3 * w3[k])
-        q += 4
-    while q < p1:
-        m0 = idx[q]
-        w0 = WT[m0]
-        d0 = d[m0]
-        for k in range(H):
-            out[k] += d0 * w0[k]
-        q += 1
+BLOCK = 128          # rows per block: the block's activations stay in L2
 
 
 @njit(**_FAST)
-def _row_forward(Ws, bs, indices, values, lut, p0, p1, acts, offs, idx, val, cnt):
-    """Forward one row. Layer l's pre-activation lands in acts[offs[l]:offs[l + 1]]; the active
-    inputs of layer l >= 1 in idx/val[offs[l-1]:offs[l-1] + cnt[l]]. Returns the logits."""
-    L = len(Ws)
-    z = acts[offs[0]:offs[1]]
-    _sparse_row_matmul(z, Ws[0], bs[0], indices, values, lut, p0, p1)
-    for l in range(1, L):
-        o = offs[l - 1]
-        c = _relu_compact(z, idx, val, o)
-        cnt[l] = c
-        z = acts[offs[l]:offs[l + 1]]
-        _sparse_row_matmul(z, Ws[l], bs[l], idx, val, val, o, o + c)
-    return z
+def _block_forward(Ws, bs, indptr, indices, values, lut, rows, b0, nb, offs, Zrow, AT):
+    """Forward rows[b0:b0+nb] of a CSR batch through the network.
 
-
-@njit(**_FAST)
-def _softmax_xent_row(z, yi, inv_n, dz):
-    """Softmax of one row of logits z. Returns the row's cross-entropy (float64) and writes
-    dz[:k] = (softmax(z) - onehot(yi)) * inv_n."""
-    k = z.shape[0]
-    mx = z[0]
-    for m in range(1, k):
-        if z[m] > mx:
-            mx = z[m]
-    s = 0.0   # float64 sum of exponentials
-    for m in range(k):
-        e = np.exp(z[m] - mx)
-        dz[m] = e
-        s += e
-    for m in range(k):
-        dz[m] = dz[m] / s
-    dz[yi] -= 1
-    for m in range(k):
-        dz[m] *= inv_n
-    return float(np.log(s)) + float(mx) - float(z[yi])
-
-
-@njit(**_FAST)
-def _row_backward(Ws, WTs, indices, values, lut, p0, p1, offs, idx, val, cnt, dz, da, all_units,
-                  pWs, pbs, s):
-    """Add one row's gradients into slot s of the partials pWs/pbs, starting from dz = dL/dz of
-    the output layer (all entries). Layers in reverse order; the input layer's dA is never formed.
-
-    For layer l >= 1 the active inputs (idx/val at offs[l-1], cnt[l] of them) give both the
-    weight gradient (x.T @ dz on active rows only) and the ReLU mask of the layer below: dA is
-    formed on the active units only (dz @ W.T, from the transposed weights WTs[l]), the inactive
-    ones get 0.
+    Zrow (BLOCK, sizes[1]) is scratch for the sparse first layer, computed row by row. After it,
+    the block is kept *feature-major*: AT[offs[l]:offs[l+1], :nb] holds layer l's output for the
+    block, one row per unit (ReLU applied for hidden layers; the last layer's rows are logits).
+    Then every dense layer is a sum of long vector updates along the block
+    (ZT[m, :] += W[k, m] * AT[k, :]), which vectorizes fully whatever the layer widths, and a
+    unit that is inactive for the whole block is skipped.
     """
     L = len(Ws)
-    lst, q0, qc = all_units, 0, Ws[L - 1].shape[1]   # dz's non-zero entries: all at the output
-    for l in range(L - 1, 0, -1):
-        fan_in, fan_out = Ws[l].shape
-        d = dz[:fan_out]
-        gb = pbs[l][s]
-        for m in range(fan_out):
-            gb[m] += d[m]
-        o = offs[l - 1]
-        c = cnt[l]
-        _sparse_row_outer(pWs[l][s], idx, val, val, o, o + c, d)
-        # dA = dz @ W.T over dz's non-zero entries lst[q0:q0 + qc]
-        _sparse_row_matvec_t(da[:fan_in], WTs[l], lst, d, q0, q0 + qc)
-        # ReLU mask: dz of the layer below is da on the active units, 0 elsewhere
-        for k in range(fan_in):
-            dz[k] = 0
-        for q in range(o, o + c):
-            k = idx[q]
-            dz[k] = da[k]
-        lst, q0, qc = idx, o, c   # below the output, only the active units are non-zero
     H = Ws[0].shape[1]
+    for t in range(nb):
+        i = rows[b0 + t]
+        _sparse_row_matmul(Zrow[t], Ws[0], bs[0], indices, values, lut, indptr[i], indptr[i + 1])
+    Z0 = AT[offs[0]:offs[1]]
+    for t in range(nb):
+        for k in range(H):
+            Z0[k, t] = Zrow[t, k]
+    if L > 1:
+        _relu_rows(Z0, nb)
+    for l in range(1, L):
+        W = Ws[l]
+        b = bs[l]
+        A = AT[offs[l - 1]:offs[l]]
+        Z = AT[offs[l]:offs[l + 1]]
+        fan_in, fan_out = W.shape
+        for m in range(fan_out):
+            z = Z[m]
+            bm = b[m]
+            for t in range(nb):
+                z[t] = bm
+        for k in range(fan_in):
+            a = A[k]
+            if _any_nonzero(a, nb):
+                for m in range(fan_out):
+                    z = Z[m]
+                    w = W[k, m]
+                    for t in range(nb):
+                        z[t] += w * a[t]
+        if l < L - 1:
+            _relu_rows(Z, nb)
+
+
+@njit(**_FAST)
+def _relu_rows(Z, nb):
+    """In place on Z[:, :nb]: negative entries become 0 (NaN stays NaN, as with np.maximum)."""
+    for k in range(Z.shape[0]):
+        z = Z[k]
+        for t in range(nb):
+            if z[t] < 0:
+                z[t] = 0
+
+
+@njit(**_FAST)
+def _any_nonzero(a, nb):
+    for t in range(nb):
+        if a[t] != 0:
+            return True
+    return False
+
+
+@njit(**_FAST)
+def _block_softmax_xent(ZT, y, rows, b0, nb, inv_n, dZT, colmax, colsum):
+    """Softmax over each column of the logits ZT[:, :nb]. Returns the summed cross-entropy of
+    the block (float64) and writes dZT[:, :nb] = (softmax - onehot(y)) * inv_n."""
+    K = ZT.shape[0]
+    for t in range(nb):
+        colmax[t] = ZT[0, t]
+    for m in range(1, K):
+        z = ZT[m]
+        for t in range(nb):
+            if z[t] > colmax[t]:
+                colmax[t] = z[t]
+    for t in range(nb):
+        colsum[t] = 0
+    for m in range(K):
+        z = ZT[m]
+        d = dZT[m]
+        for t in range(nb):
+            e = np.exp(z[t] - colmax[t])
+            d[t] = e
+            colsum[t] += e
+    loss = 0.0
+    for t in range(nb):
+        yi = y[rows[b0 + t]]
+        loss += float(np.log(colsum[t])) + float(colmax[t]) - float(ZT[yi, t])
+        colsum[t] = inv_n / colsum[t]
+    for m in range(K):
+        d = dZT[m]
+        for t in range(nb):
+            d[t] *= colsum[t]
+    for t in range(nb):
+        dZT[y[rows[b0 + t]], t] -= inv_n
+    return loss
+
+
+@njit(**_FAST)
+def _block_backward(Ws, indptr, indices, values, lut, rows, b0, nb, offs, AT, dZT, dZrow,
+                    pWs, pbs, s):
+    """Add the block's gradients into slot s of the partials, from dZT (the output layer's
+    dL/dZ, feature-major) down to the first layer. Layers in reverse order of the forward pass:
+
+        dW[l][k, m] += sum_t A[k, t] dZ[m, t]      db[l][m] += sum_t dZ[m, t]
+        dA[k, t]     = sum_m W[k, m] dZ[m, t]      dZ_below = dA where A > 0 (the ReLU mask)
+
+    The first layer's gradient is the sparse x.T @ dz per row (dZrow: the block's dZ row-major).
+    The input layer's dA is never formed.
+    """
+    L = len(Ws)
+    for l in range(L - 1, 0, -1):
+        W = Ws[l]
+        fan_in, fan_out = W.shape
+        gW = pWs[l][s]
+        gb = pbs[l][s]
+        A = AT[offs[l - 1]:offs[l]]
+        dZ = dZT[offs[l]:offs[l + 1]]
+        dA = dZT[offs[l - 1]:offs[l]]
+        for m in range(fan_out):
+            d = dZ[m]
+            acc = d[0] * 0
+            for t in range(nb):
+                acc += d[t]
+            gb[m] += acc
+        for k in range(fan_in):
+            a = A[k]
+            da = dA[k]
+            for t in range(nb):
+                da[t] = 0
+            if not _any_nonzero(a, nb):
+                continue                   # a unit inactive for the whole block: no gradient
+            for m in range(fan_out):
+                d = dZ[m]
+                acc = a[0] * d[0]
+                for t in range(1, nb):
+                    acc += a[t] * d[t]
+                gW[k, m] += acc
+                w = W[k, m]
+                for t in range(nb):
+                    da[t] += w * d[t]
+            for t in range(nb):            # the ReLU mask from the forward output
+                if not a[t] > 0:
+                    da[t] = 0
+    H = Ws[0].shape[1]
+    dZ0 = dZT[offs[0]:offs[1]]
     gb = pbs[0][s]
     for k in range(H):
-        gb[k] += dz[k]
-    _sparse_row_outer(pWs[0][s], indices, values, lut, p0, p1, dz[:H])
+        d = dZ0[k]
+        acc = d[0] * 0
+        for t in range(nb):
+            acc += d[t]
+        gb[k] += acc
+        for t in range(nb):
+            dZrow[t, k] = d[t]
+    gW = pWs[0][s]
+    for t in range(nb):
+        i = rows[b0 + t]
+        _sparse_row_outer(gW, indices, values, lut, indptr[i], indptr[i + 1], dZrow[t])
 
 
 @njit(**_FAST)
-def _slot_grads(Ws, WTs, bs, indptr, indices, values, lut, y, rows, r0, r1, inv_n, offs, pWs, pbs, s):
-    """Forward and backward rows[r0:r1] into slot s of the partials. Returns the slot's summed
-    cross-entropy (float64).
+def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, r0, r1, inv_n, offs, pWs, pbs, s):
+    """Forward and backward rows[r0:r1], block by block, into slot s of the partials.
+    Returns the slot's summed cross-entropy (float64).
 
     The slot first zeroes its own partials and reads the weights once in order. Both are cache
     work, not arithmetic: after an update on the other core, the weights and partials live in
@@ -378,24 +416,22 @@ def _slot_grads(Ws, WTs, bs, indptr, indices, values, lut, y, rows, r0, r1, inv_
     is far cheaper than the random row accesses of the sparse products fetching them line by line.
     """
     touched = _warm_slot(Ws, pWs, pbs, s)
-    width = 0
-    for l in range(len(Ws)):
-        width = max(width, Ws[l].shape[0], Ws[l].shape[1])
-    acts = np.empty(offs[-1], dtype=lut.dtype)
-    idx = np.empty(offs[-1], dtype=np.int32)
-    val = np.empty(offs[-1], dtype=lut.dtype)
-    cnt = np.zeros(len(Ws), dtype=np.int64)
-    dz = np.empty(width, dtype=lut.dtype)
-    da = np.empty(width, dtype=lut.dtype)
-    all_units = np.arange(width).astype(np.int32)
+    H = Ws[0].shape[1]
+    dt = lut.dtype
+    Zrow = np.empty((BLOCK, H), dtype=dt)
+    AT = np.empty((offs[-1], BLOCK), dtype=dt)
+    dZT = np.empty((offs[-1], BLOCK), dtype=dt)
+    colmax = np.empty(BLOCK, dtype=dt)
+    colsum = np.empty(BLOCK, dtype=dt)
+    L = len(Ws)
     loss = 0.0 * touched
-    for r in range(r0, r1):
-        i = rows[r]
-        p0, p1 = indptr[i], indptr[i + 1]
-        z = _row_forward(Ws, bs, indices, values, lut, p0, p1, acts, offs, idx, val, cnt)
-        loss += _softmax_xent_row(z, y[i], inv_n, dz)
-        _row_backward(Ws, WTs, indices, values, lut, p0, p1, offs, idx, val, cnt, dz, da, all_units,
-                      pWs, pbs, s)
+    for b0 in range(r0, r1, BLOCK):
+        nb = min(BLOCK, r1 - b0)
+        _block_forward(Ws, bs, indptr, indices, values, lut, rows, b0, nb, offs, Zrow, AT)
+        loss += _block_softmax_xent(AT[offs[L - 1]:offs[L]], y, rows, b0, nb, inv_n,
+                                    dZT[offs[L - 1]:offs[L]], colmax, colsum)
+        _block_backward(Ws, indptr, indices, values, lut, rows, b0, nb, offs, AT, dZT, Zrow,
+                        pWs, pbs, s)
     return loss
 
 
@@ -416,13 +452,13 @@ def _warm_slot(Ws, pWs, pbs, s):
 
 
 @njit(parallel=True, **_FAST)
-def _slots_kernel(Ws, WTs, bs, indptr, indices, values, lut, y, rows, inv_n, offs, pWs, pbs):
+def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, inv_n, offs, pWs, pbs):
     """Gradients of the batch rows (row numbers into the CSR), left as per-slot partials.
 
     pWs[l] has shape (nslots, fan_in, fan_out); each slot zeroes its own first. prange over slots:
     slot s takes a contiguous share of the rows and owns pWs[l][s]; nothing is shared, so there
-    are no races, and the split does not depend on the number of threads. WTs[l] (l >= 1) must
-    hold Ws[l].T, C-contiguous. Returns the summed cross-entropy over the rows (float64).
+    are no races, and the split does not depend on the number of threads.
+    Returns the summed cross-entropy over the rows (float64).
     """
     nslots = pWs[0].shape[0]
     n = rows.shape[0]
@@ -430,29 +466,12 @@ def _slots_kernel(Ws, WTs, bs, indptr, indices, values, lut, y, rows, inv_n, off
     for s in prange(nslots):
         r0 = (n * s) // nslots
         r1 = (n * (s + 1)) // nslots
-        losses[s] = _slot_grads(Ws, WTs, bs, indptr, indices, values, lut, y, rows, r0, r1, inv_n, offs,
-                                pWs, pbs, s)
+        losses[s] = _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, r0, r1, inv_n,
+                                offs, pWs, pbs, s)
     total = 0.0
     for s in range(nslots):
         total += losses[s]
     return total
-
-
-@njit(**_STRICT)
-def _transpose_into(WTs, Ws):
-    """WTs[l][:] = Ws[l].T for the hidden and output layers (WTs[0] is unused and empty)."""
-    for l in range(1, len(Ws)):
-        W = Ws[l]
-        WT = WTs[l]
-        for k in range(W.shape[0]):
-            for m in range(W.shape[1]):
-                WT[m, k] = W[k, m]
-
-
-def _transposes(params: Params):
-    WTs = [np.zeros((0, 0), params.dtype)]
-    WTs += [np.ascontiguousarray(W.T) for W in params.weights[1:]]
-    return tuple(WTs)
 
 
 @njit(parallel=True, **_STRICT)
@@ -478,50 +497,49 @@ def _sum_slots(pWs, pbs, gWs, gbs):
 
 
 @njit(parallel=True, **_FAST)
-def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs):
-    """Forward every row; outs[l] (n, sizes[l+1]) receives layer l's output (logits for the last)."""
+def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba):
+    """Forward every row. With proba False: outs[l] (n, sizes[l+1]) receives layer l's output
+    (logits for the last). With proba True: outs[0] (n, 10) receives the softmax probabilities
+    and the hidden layers are not stored. prange over row ranges (each owns its output rows)."""
     n = indptr.shape[0] - 1
-    nslots = NSLOTS_FWD
     L = len(Ws)
+    nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
+    rows = np.arange(n)
     for s in prange(nslots):
-        acts = np.empty(offs[-1], dtype=lut.dtype)
-        idx = np.empty(offs[-1], dtype=np.int32)
-        val = np.empty(offs[-1], dtype=lut.dtype)
-        cnt = np.zeros(L, dtype=np.int64)
-        for i in range((n * s) // nslots, (n * (s + 1)) // nslots):
-            _row_forward(Ws, bs, indices, values, lut, indptr[i], indptr[i + 1], acts, offs, idx, val, cnt)
-            for l in range(L):
-                o = outs[l]
-                for k in range(o.shape[1]):
-                    zk = acts[offs[l] + k]
-                    o[i, k] = max(zk, 0) if l < L - 1 and zk <= 0 else zk
-
-
-@njit(parallel=True, **_FAST)
-def _proba_kernel(Ws, bs, indptr, indices, values, lut, offs, P):
-    """P[i] = softmax(logits of row i), without storing the hidden layers."""
-    n = indptr.shape[0] - 1
-    nslots = NSLOTS_FWD
-    for s in prange(nslots):
-        acts = np.empty(offs[-1], dtype=lut.dtype)
-        idx = np.empty(offs[-1], dtype=np.int32)
-        val = np.empty(offs[-1], dtype=lut.dtype)
-        cnt = np.zeros(len(Ws), dtype=np.int64)
-        for i in range((n * s) // nslots, (n * (s + 1)) // nslots):
-            z = _row_forward(Ws, bs, indices, values, lut, indptr[i], indptr[i + 1], acts, offs, idx,
-                             val, cnt)
-            k = z.shape[0]
-            mx = z[0]
-            for m in range(1, k):
-                if z[m] > mx:
-                    mx = z[m]
-            tot = 0.0
-            for m in range(k):
-                e = np.exp(z[m] - mx)
-                P[i, m] = e
-                tot += e
-            for m in range(k):
-                P[i, m] = P[i, m] / tot
+        dt = lut.dtype
+        Zrow = np.empty((BLOCK, Ws[0].shape[1]), dtype=dt)
+        AT = np.empty((offs[-1], BLOCK), dtype=dt)
+        colmax = np.empty(BLOCK, dtype=dt)
+        colsum = np.empty(BLOCK, dtype=dt)
+        r1 = (n * (s + 1)) // nslots
+        for b0 in range((n * s) // nslots, r1, BLOCK):
+            nb = min(BLOCK, r1 - b0)
+            _block_forward(Ws, bs, indptr, indices, values, lut, rows, b0, nb, offs, Zrow, AT)
+            if proba:
+                Z = AT[offs[L - 1]:offs[L]]
+                P = outs[0]
+                K = Z.shape[0]
+                for t in range(nb):
+                    colmax[t] = Z[0, t]
+                    colsum[t] = 0
+                for m in range(1, K):
+                    for t in range(nb):
+                        colmax[t] = max(colmax[t], Z[m, t])
+                for m in range(K):
+                    for t in range(nb):
+                        e = np.exp(Z[m, t] - colmax[t])
+                        Z[m, t] = e
+                        colsum[t] += e
+                for t in range(nb):
+                    for m in range(K):
+                        P[b0 + t, m] = Z[m, t] / colsum[t]
+            else:
+                for l in range(L):
+                    o = outs[l]
+                    Z = AT[offs[l]:offs[l + 1]]
+                    for t in range(nb):
+                        for k in range(o.shape[1]):
+                            o[b0 + t, k] = Z[k, t]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -612,20 +630,19 @@ def _update_all(Ws, bs, gWs, gbs, mWs, mbs, vWs, vbs, code, lr, hp, wd, c1, c2):
 
 
 @njit(**_FAST)
-def _gd_loop(Ws, WTs, bs, indptr, indices, values, lut, y, rows, inv_n, offs, pWs, pbs,
+def _gd_loop(Ws, bs, indptr, indices, values, lut, y, rows, inv_n, offs, pWs, pbs,
              mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """len(lrs) full-batch steps: gradients of all rows, then the update. losses[i] is step i's
     mean loss, before its update."""
     for it in range(lrs.shape[0]):
-        total = _slots_kernel(Ws, WTs, bs, indptr, indices, values, lut, y, rows, inv_n, offs, pWs, pbs)
+        total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, inv_n, offs, pWs, pbs)
         losses[it] = total / rows.shape[0]
         _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lrs[it], hp, wd, c1s[it],
                            c2s[it])
-        _transpose_into(WTs, Ws)
 
 
 @njit(**_FAST)
-def _sgd_loop(Ws, WTs, bs, indptr, indices, values, lut, y, perm, batch, offs, inv_ns, pWs, pbs,
+def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, batch, offs, inv_ns, pWs, pbs,
               mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """One epoch of mini-batch steps over the rows in the order perm (the shuffle is the
     caller's). Step i takes perm[i*batch:(i+1)*batch]; losses[i] is its mean loss."""
@@ -633,12 +650,11 @@ def _sgd_loop(Ws, WTs, bs, indptr, indices, values, lut, y, perm, batch, offs, i
     for it in range(lrs.shape[0]):
         r0 = it * batch
         r1 = min(n, r0 + batch)
-        total = _slots_kernel(Ws, WTs, bs, indptr, indices, values, lut, y, perm[r0:r1], inv_ns[it],
+        total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, perm[r0:r1], inv_ns[it],
                               offs, pWs, pbs)
         losses[it] = total / (r1 - r0)
         _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lrs[it], hp, wd, c1s[it],
                            c2s[it])
-        _transpose_into(WTs, Ws)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -678,7 +694,8 @@ def forward(params: Params, X):
     n = len(csr)
     outs = tuple(np.empty((n, m), params.dtype) for m in params.sizes[1:])
     Ws, bs = _tuples(params)
-    _forward_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, _offsets(params), outs)
+    _forward_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, _offsets(params), outs,
+                    False)
     return [X] + list(outs)
 
 
@@ -697,7 +714,7 @@ def loss_and_grads(params: Params, X, y):
     gWs, gbs = _tuples(ws.grads)
     inv_n = params.dtype.type(1.0 / n)
     rows = np.arange(n, dtype=np.int64)
-    total = _slots_kernel(Ws, _transposes(params), bs, csr.indptr, csr.indices, csr.values, csr.lut, y,
+    total = _slots_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y,
                           rows, inv_n, ws.offs, ws.pWs, ws.pbs)
     _sum_slots(ws.pWs, ws.pbs, gWs, gbs)
     return total / n, ws.grads
@@ -709,7 +726,8 @@ def predict_proba(params: Params, X):
     csr = _as_csr(X, params)
     P = np.empty((len(csr), params.sizes[-1]), params.dtype)
     Ws, bs = _tuples(params)
-    _proba_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, _offsets(params), P)
+    _forward_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, _offsets(params), (P,),
+                    True)
     return P
 
 
@@ -769,7 +787,7 @@ def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
     Ws, bs = _tuples(params)
     losses = np.empty(len(lrs))
     rows = np.arange(n, dtype=np.int64)
-    _gd_loop(Ws, _transposes(params), bs, csr.indptr, csr.indices, csr.values, csr.lut, y, rows, params.dtype.type(1.0 / n),
+    _gd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, rows, params.dtype.type(1.0 / n),
              ws.offs, ws.pWs, ws.pbs, *_opt_args(params, state, optimizer, lrs, t0, **hyper),
              losses)
     return losses
@@ -790,7 +808,7 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     ws = _Workspace(params, _nslots(batch_size))
     Ws, bs = _tuples(params)
     losses = np.empty(steps)
-    _sgd_loop(Ws, _transposes(params), bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, batch_size, ws.offs, inv_ns,
+    _sgd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, batch_size, ws.offs, inv_ns,
               ws.pWs, ws.pbs, *_opt_args(params, state, optimizer, lrs, t0, **hyper),
               losses)
     return losses
