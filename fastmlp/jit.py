@@ -50,7 +50,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from .params import Params
-from ._validate import check_X, check_y, check_params
+from ._validate import check_X, check_y, check_params, check_finite
 from .reference import OPTIMIZERS, init_state, one_hot, confusion_matrix  # noqa: F401  (same API)
 
 __all__ = [
@@ -245,8 +245,42 @@ BLOCK = 128          # rows per block: the block's activations stay in L2
 
 
 @njit(**_FAST)
-def _block_forward(Ws, bs, indptr, indices, values, lut, rows, b0, nb, offs, Zrow, AT):
-    """Forward rows[b0:b0+nb] of a CSR batch through the network.
+def _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx, bval):
+    """Copy the rows rows[b0:b0+nb] of the CSR batch into a block-local CSR (bptr, bidx, bval)
+    with the values in the working dtype: the block's inputs are then read from L1/L2 by both
+    the forward and the backward pass, wherever the rows lie in the dataset.
+
+    With shifts (an (n, 2) int8 array aligned with rows; empty for none), the image of row
+    rows[b0 + t] is moved by shifts[b0 + t] = (dy, dx) pixels, filling with zeros: pixel (r, c)
+    goes to (r + dy, c + dx) and pixels that leave the 28x28 frame are dropped (augmentation).
+    """
+    q = 0
+    has_shift = shifts.shape[0] > 0
+    for t in range(nb):
+        bptr[t] = q
+        i = rows[b0 + t]
+        dy = shifts[b0 + t, 0] if has_shift else 0
+        dx = shifts[b0 + t, 1] if has_shift else 0
+        if dy == 0 and dx == 0:
+            for p in range(indptr[i], indptr[i + 1]):
+                bidx[q] = indices[p]
+                bval[q] = _value(values, lut, p)
+                q += 1
+        else:
+            for p in range(indptr[i], indptr[i + 1]):
+                j = np.int64(indices[p])
+                r = j // 28 + dy
+                c = j % 28 + dx
+                if 0 <= r < 28 and 0 <= c < 28:
+                    bidx[q] = r * 28 + c
+                    bval[q] = _value(values, lut, p)
+                    q += 1
+    bptr[nb] = q
+
+
+@njit(**_FAST)
+def _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT):
+    """Forward one block (its inputs gathered by _gather_block) through the network.
 
     Zrow (BLOCK, sizes[1]) is scratch for the sparse first layer, computed row by row. After it,
     the block is kept *feature-major*: AT[offs[l]:offs[l+1], :nb] holds layer l's output for the
@@ -258,8 +292,7 @@ def _block_forward(Ws, bs, indptr, indices, values, lut, rows, b0, nb, offs, Zro
     L = len(Ws)
     H = Ws[0].shape[1]
     for t in range(nb):
-        i = rows[b0 + t]
-        _sparse_row_matmul(Zrow[t], Ws[0], bs[0], indices, values, lut, indptr[i], indptr[i + 1])
+        _sparse_row_matmul(Zrow[t], Ws[0], bs[0], bidx, bval, bval, bptr[t], bptr[t + 1])
     Z0 = AT[offs[0]:offs[1]]
     for t in range(nb):
         for k in range(H):
@@ -343,8 +376,7 @@ def _block_softmax_xent(ZT, y, rows, b0, nb, inv_n, dZT, colmax, colsum):
 
 
 @njit(**_FAST)
-def _block_backward(Ws, indptr, indices, values, lut, rows, b0, nb, offs, AT, dZT, dZrow,
-                    pWs, pbs, s):
+def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s):
     """Add the block's gradients into slot s of the partials, from dZT (the output layer's
     dL/dZ, feature-major) down to the first layer. Layers in reverse order of the forward pass:
 
@@ -401,12 +433,12 @@ def _block_backward(Ws, indptr, indices, values, lut, rows, b0, nb, offs, AT, dZ
             dZrow[t, k] = d[t]
     gW = pWs[0][s]
     for t in range(nb):
-        i = rows[b0 + t]
-        _sparse_row_outer(gW, indices, values, lut, indptr[i], indptr[i + 1], dZrow[t])
+        _sparse_row_outer(gW, bidx, bval, bval, bptr[t], bptr[t + 1], dZrow[t])
 
 
 @njit(**_FAST)
-def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, r0, r1, inv_n, offs, pWs, pbs, s):
+def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, inv_n, offs, pWs,
+                pbs, s):
     """Forward and backward rows[r0:r1], block by block, into slot s of the partials.
     Returns the slot's summed cross-entropy (float64).
 
@@ -423,15 +455,18 @@ def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, r0, r1, inv_n, of
     dZT = np.empty((offs[-1], BLOCK), dtype=dt)
     colmax = np.empty(BLOCK, dtype=dt)
     colsum = np.empty(BLOCK, dtype=dt)
+    bptr = np.empty(BLOCK + 1, dtype=np.int64)
+    bidx = np.empty(BLOCK * Ws[0].shape[0], dtype=np.int32)
+    bval = np.empty(BLOCK * Ws[0].shape[0], dtype=dt)
     L = len(Ws)
     loss = 0.0 * touched
     for b0 in range(r0, r1, BLOCK):
         nb = min(BLOCK, r1 - b0)
-        _block_forward(Ws, bs, indptr, indices, values, lut, rows, b0, nb, offs, Zrow, AT)
+        _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx, bval)
+        _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT)
         loss += _block_softmax_xent(AT[offs[L - 1]:offs[L]], y, rows, b0, nb, inv_n,
                                     dZT[offs[L - 1]:offs[L]], colmax, colsum)
-        _block_backward(Ws, indptr, indices, values, lut, rows, b0, nb, offs, AT, dZT, Zrow,
-                        pWs, pbs, s)
+        _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, Zrow, pWs, pbs, s)
     return loss
 
 
@@ -452,7 +487,7 @@ def _warm_slot(Ws, pWs, pbs, s):
 
 
 @njit(parallel=True, **_FAST)
-def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, inv_n, offs, pWs, pbs):
+def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs, pWs, pbs):
     """Gradients of the batch rows (row numbers into the CSR), left as per-slot partials.
 
     pWs[l] has shape (nslots, fan_in, fan_out); each slot zeroes its own first. prange over slots:
@@ -466,7 +501,7 @@ def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, inv_n, offs, pW
     for s in prange(nslots):
         r0 = (n * s) // nslots
         r1 = (n * (s + 1)) // nslots
-        losses[s] = _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, r0, r1, inv_n,
+        losses[s] = _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, inv_n,
                                 offs, pWs, pbs, s)
     total = 0.0
     for s in range(nslots):
@@ -511,10 +546,15 @@ def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba):
         AT = np.empty((offs[-1], BLOCK), dtype=dt)
         colmax = np.empty(BLOCK, dtype=dt)
         colsum = np.empty(BLOCK, dtype=dt)
+        bptr = np.empty(BLOCK + 1, dtype=np.int64)
+        bidx = np.empty(BLOCK * Ws[0].shape[0], dtype=np.int32)
+        bval = np.empty(BLOCK * Ws[0].shape[0], dtype=dt)
+        no_shifts = np.zeros((0, 2), dtype=np.int8)
         r1 = (n * (s + 1)) // nslots
         for b0 in range((n * s) // nslots, r1, BLOCK):
             nb = min(BLOCK, r1 - b0)
-            _block_forward(Ws, bs, indptr, indices, values, lut, rows, b0, nb, offs, Zrow, AT)
+            _gather_block(indptr, indices, values, lut, rows, no_shifts, b0, nb, bptr, bidx, bval)
+            _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT)
             if proba:
                 Z = AT[offs[L - 1]:offs[L]]
                 P = outs[0]
@@ -630,19 +670,20 @@ def _update_all(Ws, bs, gWs, gbs, mWs, mbs, vWs, vbs, code, lr, hp, wd, c1, c2):
 
 
 @njit(**_FAST)
-def _gd_loop(Ws, bs, indptr, indices, values, lut, y, rows, inv_n, offs, pWs, pbs,
+def _gd_loop(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs, pWs, pbs,
              mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """len(lrs) full-batch steps: gradients of all rows, then the update. losses[i] is step i's
     mean loss, before its update."""
     for it in range(lrs.shape[0]):
-        total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, inv_n, offs, pWs, pbs)
+        total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs,
+                              pWs, pbs)
         losses[it] = total / rows.shape[0]
         _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lrs[it], hp, wd, c1s[it],
                            c2s[it])
 
 
 @njit(**_FAST)
-def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, batch, offs, inv_ns, pWs, pbs,
+def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs, inv_ns, pWs, pbs,
               mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """One epoch of mini-batch steps over the rows in the order perm (the shuffle is the
     caller's). Step i takes perm[i*batch:(i+1)*batch]; losses[i] is its mean loss."""
@@ -650,7 +691,8 @@ def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, batch, offs, inv_ns
     for it in range(lrs.shape[0]):
         r0 = it * batch
         r1 = min(n, r0 + batch)
-        total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, perm[r0:r1], inv_ns[it],
+        total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, perm[r0:r1],
+                              shifts[r0:r1] if shifts.shape[0] else shifts, inv_ns[it],
                               offs, pWs, pbs)
         losses[it] = total / (r1 - r0)
         _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lrs[it], hp, wd, c1s[it],
@@ -659,6 +701,23 @@ def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, batch, offs, inv_ns
 
 # ----------------------------------------------------------------------------------------------
 # the public functions: same signatures and meanings as reference.py
+
+
+_NO_SHIFTS = np.zeros((0, 2), dtype=np.int8)
+
+
+def _check_shifts(shifts, n, n_cols):
+    """Validated augmentation shifts as int8 (n, 2), or the empty array for none."""
+    if shifts is None:
+        return _NO_SHIFTS
+    shifts = np.asarray(shifts)
+    if n_cols != 784:
+        raise ValueError(f"shifts need 28x28 images (784 columns); got {n_cols} columns")
+    if shifts.shape != (n, 2) or shifts.dtype.kind not in "iu":
+        raise ValueError(f"shifts must be integers of shape ({n}, 2); got {shifts.dtype} {shifts.shape}")
+    if shifts.size and np.abs(shifts).max() > 27:
+        raise ValueError(f"shifts must be within -27..27 pixels; got {int(np.abs(shifts).max())}")
+    return np.ascontiguousarray(shifts, dtype=np.int8)
 
 
 def _nslots(n: int) -> int:
@@ -715,14 +774,16 @@ def loss_and_grads(params: Params, X, y):
     inv_n = params.dtype.type(1.0 / n)
     rows = np.arange(n, dtype=np.int64)
     total = _slots_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y,
-                          rows, inv_n, ws.offs, ws.pWs, ws.pbs)
+                          rows, _NO_SHIFTS, inv_n, ws.offs, ws.pWs, ws.pbs)
     _sum_slots(ws.pWs, ws.pbs, gWs, gbs)
     return total / n, ws.grads
 
 
 def predict_proba(params: Params, X):
-    """Class probabilities, shape (n, 10), each row summing to 1."""
+    """Class probabilities, shape (n, 10), each row summing to 1. X must be finite."""
     check_params(params)
+    if not isinstance(X, CSR):
+        check_finite(check_X(X, params))
     csr = _as_csr(X, params)
     P = np.empty((len(csr), params.sizes[-1]), params.dtype)
     Ws, bs = _tuples(params)
@@ -787,16 +848,19 @@ def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
     Ws, bs = _tuples(params)
     losses = np.empty(len(lrs))
     rows = np.arange(n, dtype=np.int64)
-    _gd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, rows, params.dtype.type(1.0 / n),
-             ws.offs, ws.pWs, ws.pbs, *_opt_args(params, state, optimizer, lrs, t0, **hyper),
+    _gd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, rows, _NO_SHIFTS,
+             params.dtype.type(1.0 / n), ws.offs, ws.pWs, ws.pbs, *_opt_args(params, state, optimizer, lrs, t0, **hyper),
              losses)
     return losses
 
 
-def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd", **hyper):
+def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd", shifts=None,
+              **hyper):
     """One epoch of mini-batch steps in compiled code (the twin of reference.sgd_epoch): the
-    rows in the order ``perm``, batches of ``batch_size``; step i uses lrs[i]."""
+    rows in the order ``perm``, batches of ``batch_size``; step i uses lrs[i]. ``shifts``
+    (len(perm), 2) moves the image perm[k] by shifts[k] = (dy, dx) pixels (augmentation)."""
     csr = _as_csr(X, params)
+    shifts = _check_shifts(shifts, len(perm), csr.n_cols)
     y = check_y(y, len(csr), params.sizes[-1])
     perm = np.ascontiguousarray(perm, dtype=np.int64)
     n = len(perm)
@@ -808,7 +872,7 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     ws = _Workspace(params, _nslots(batch_size))
     Ws, bs = _tuples(params)
     losses = np.empty(steps)
-    _sgd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, batch_size, ws.offs, inv_ns,
-              ws.pWs, ws.pbs, *_opt_args(params, state, optimizer, lrs, t0, **hyper),
+    _sgd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, shifts, batch_size,
+              ws.offs, inv_ns, ws.pWs, ws.pbs, *_opt_args(params, state, optimizer, lrs, t0, **hyper),
               losses)
     return losses

@@ -30,14 +30,14 @@ from __future__ import annotations
 import numpy as np
 
 from .params import Params
-from ._validate import check_X, check_y, check_params
+from ._validate import check_X, check_y, check_params, check_finite
 
 __all__ = [
     "linear_forward", "linear_backward", "relu_forward", "relu_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax", "log_softmax",
     "forward", "backward", "loss_and_grads", "update", "init_state",
     "predict_proba", "predict", "accuracy", "one_hot", "confusion_matrix",
-    "prepare", "gd_steps", "sgd_epoch", "OPTIMIZERS",
+    "prepare", "gd_steps", "sgd_epoch", "shift_images", "OPTIMIZERS",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -216,7 +216,9 @@ def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", momen
 
 
 def predict_proba(params: Params, X):
-    """Class probabilities, shape (n, 10), each row summing to 1."""
+    """Class probabilities, shape (n, 10), each row summing to 1. X must be finite (a NaN pixel
+    would otherwise turn into a confident-looking wrong prediction)."""
+    check_finite(check_X(X, check_params(params)))
     return softmax(forward(params, X)[-1])
 
 
@@ -263,13 +265,30 @@ def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
     return losses
 
 
-def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd", **hyper):
+def shift_images(X, shifts):
+    """Move each 28x28 image X[k] (a row of 784) by shifts[k] = (dy, dx) whole pixels, filling
+    with zeros: pixel (r, c) goes to (r + dy, c + dx); pixels leaving the frame are dropped."""
+    out = np.zeros_like(X)
+    imgs, moved = X.reshape(-1, 28, 28), out.reshape(-1, 28, 28)
+    for k, (dy, dx) in enumerate(np.asarray(shifts, dtype=np.int64)):
+        src_r, dst_r = slice(max(0, -dy), 28 - max(0, dy)), slice(max(0, dy), 28 - max(0, -dy))
+        src_c, dst_c = slice(max(0, -dx), 28 - max(0, dx)), slice(max(0, dx), 28 - max(0, -dx))
+        moved[k, dst_r, dst_c] = imgs[k, src_r, src_c]
+    return out
+
+
+def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd", shifts=None,
+              **hyper):
     """One pass over the rows in the order ``perm``, in mini-batches of ``batch_size`` (the last
-    may be smaller); step i uses lrs[i]. Returns each step's loss, shape (steps,), float64."""
+    may be smaller); step i uses lrs[i]. With ``shifts`` (len(perm), 2), the image perm[k] is
+    moved by shifts[k] pixels first (augmentation). Returns each step's loss, (steps,) float64."""
     steps = -(-len(perm) // batch_size)
     losses = np.empty(steps)
     for i in range(steps):
         rows = perm[i * batch_size:(i + 1) * batch_size]
-        losses[i], grads = loss_and_grads(params, X[rows], y[rows])
+        Xb = X[rows]
+        if shifts is not None:
+            Xb = shift_images(Xb, shifts[i * batch_size:(i + 1) * batch_size])
+        losses[i], grads = loss_and_grads(params, Xb, y[rows])
         update(params, grads, state, lrs[i], t0 + i + 1, optimizer, **hyper)
     return losses

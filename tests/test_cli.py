@@ -151,7 +151,7 @@ def _one_line_error(capsys, *argv):
 
 def test_batch_size_larger_than_training_set(capsys):
     err = _one_line_error(capsys, "train", "--batch-size", "70000", "--quiet")
-    assert "--batch-size must be between 1 and the number of training rows (55000); got 70000" in err
+    assert "--batch-size must be between 1 and the number of training rows (60000); got 70000" in err
 
 
 def test_missing_data_names_places(capsys, tmp_path):

@@ -231,3 +231,13 @@ def test_non_contiguous_input_is_accepted():
     assert not X.flags.c_contiguous
     params = init_params(dtype=np.float64)
     compare_all(params, X, rng.integers(0, 10, 10), "strided X")
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("backend", [R, J])
+def test_predict_rejects_non_finite_input(backend):
+    params = init_params(dtype=np.float64)
+    X = np.zeros((3, 784))
+    X[2, 5] = np.nan
+    with pytest.raises(ValueError, match="X must be finite; got nan at row 2, column 5"):
+        backend.predict(params, X)

@@ -1,0 +1,204 @@
+#!/usr/bin/env python
+"""The numba backend against the reference, in one run, as one markdown table.
+
+    python scripts/bench_numba.py [--repeats 7] [--skip-subprocess]
+
+Rows: loss_and_grads on all 60,000 training images (float32), the full-batch training loop, one
+mini-batch epoch at batch 128, inference on the 10,000 test images, the thread scaling of the
+kernels, peak memory of full-batch training, and cold/warm start. Every time is the median of
+--repeats runs measured here, now; ratios compare medians from this same run. "fraction" is the
+dense-equivalent GFLOP/s (what the dense algorithm would have to do: 243,504 FLOP per image and
+pass, 118,800 for inference) divided by this machine's float32 matrix-product rate, measured at
+the start of the run.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import fastmlp
+from fastmlp import jit as J, reference as R
+
+FLOPS_TRAIN = 243_504
+FLOPS_FORWARD = 118_800
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median_time(fn, repeats, setup=None):
+    args = setup() if setup else ()
+    fn(*args)                                   # warm-up (and compilation)
+    times = []
+    for _ in range(repeats):
+        args = setup() if setup else ()
+        t = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def matmul_gflops(repeats=7):
+    rng = np.random.default_rng(0)
+    A = rng.random((2048, 2048), dtype=np.float32)
+    B = rng.random((2048, 2048), dtype=np.float32)
+    return 2 * 2048 ** 3 / median_time(lambda: A @ B, repeats) / 1e9
+
+
+CHILD = r"""
+import time, json, sys
+t0 = time.perf_counter()
+import numpy as np, fastmlp
+from fastmlp import jit as J
+X, y = fastmlp.load_mnist("train", download=False)
+C = J.prepare(X, np.float32)
+p = fastmlp.init_params(scheme="uniform", seed=0, dtype=np.float32)
+t1 = time.perf_counter()
+J.gd_steps(p, [], C, y, [0.2], optimizer="gd")
+t2 = time.perf_counter()
+print(json.dumps({"to_first_iteration": t2 - t1, "process_total": t2 - t0}))
+"""
+
+
+def start_times():
+    """Cold (empty Numba cache: compiles) and warm (cached) time to the first iteration."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        out = []
+        for _ in range(2):
+            r = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                               text=True, check=True)
+            out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def peak_rss_mb(iterations):
+    """Peak resident memory of `train_fast.py --preset original --backend numba`."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    cmd = [sys.executable, "-c", code, sys.executable, str(ROOT / "scripts" / "train_fast.py"),
+           "--preset", "original", "--backend", "numba", "--iterations", str(iterations), "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return int(r.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--skip-subprocess", action="store_true",
+                    help="skip the peak-memory and cold/warm start measurements")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = ap.parse_args(argv)
+    import numba
+    from threadpoolctl import threadpool_info
+
+    k = args.repeats
+    rate = matmul_gflops(k)
+    X, y = fastmlp.load_mnist("train", download=False)
+    Xt, yt = fastmlp.load_mnist("test", download=False)
+    y = y.astype(np.int64)
+    dt = np.float32
+    Xf = R.prepare(X, dt)
+    C = J.prepare(X, dt)
+    Ct = J.prepare(Xt, dt)
+    Xtf = R.prepare(Xt, dt)
+    p = fastmlp.init_params(scheme="uniform", seed=0, dtype=dt)
+    rows = []
+
+    def add(name, t_ref, t_jit, samples, flops, unit="it/s", per=1):
+        ops = per / t_jit
+        frac = samples * flops / t_jit / 1e9 / rate
+        rows.append({"measurement": name, "reference_s": t_ref, "numba_s": t_jit,
+                     "ratio": (t_ref / t_jit) if t_ref else None, "rate": ops, "unit": unit,
+                     "fraction_of_matmul": frac})
+
+    t_ref = median_time(lambda: R.loss_and_grads(p, Xf, y), k)
+    t_dense = median_time(lambda: J.loss_and_grads(p, Xf, y), k)
+    t_csr = median_time(lambda: J.loss_and_grads(p, C, y), k)
+    add("loss_and_grads, 60,000 images, float32 dense X (compressed on the way in)", t_ref, t_dense,
+        60000, FLOPS_TRAIN)
+    add("loss_and_grads, 60,000 images, float32, data compressed once (jit.prepare)", t_ref, t_csr,
+        60000, FLOPS_TRAIN)
+
+    steps = 10
+    fresh = lambda: (p.copy(),)  # noqa: E731
+    t_ref_gd = median_time(lambda q: R.gd_steps(q, [], Xf, y, [0.2] * steps), max(3, k // 2), fresh)
+    t_jit_gd = median_time(lambda q: J.gd_steps(q, [], C, y, [0.2] * steps), k, fresh)
+    add(f"full-batch training loop (gd_steps, {steps} iterations, per iteration)",
+        t_ref_gd / steps, t_jit_gd / steps, 60000, FLOPS_TRAIN)
+
+    perm = np.random.default_rng(0).permutation(60000)
+    lrs = np.full(469, 0.01)
+    ph = fastmlp.init_params(scheme="he", seed=0, dtype=dt)
+    fresh = lambda: (ph.copy(),)  # noqa: E731
+    t_ref_ep = median_time(lambda q: R.sgd_epoch(q, [], Xf, y, perm, 128, lrs), max(3, k // 2), fresh)
+    t_jit_ep = median_time(lambda q: J.sgd_epoch(q, [], C, y, perm, 128, lrs), k, fresh)
+    add("one mini-batch epoch, batch 128, 60,000 images (sgd_epoch)", t_ref_ep, t_jit_ep,
+        60000, FLOPS_TRAIN, unit="epochs/s")
+
+    t_ref_inf = median_time(lambda: R.predict(p, Xtf), k)
+    t_jit_inf = median_time(lambda: J.predict(p, Ct), k)
+    t_jit_inf_dense = median_time(lambda: J.predict(p, Xtf), k)
+    add("inference, 10,000 test images (predict), data compressed once", t_ref_inf, t_jit_inf,
+        10000, FLOPS_FORWARD, unit="images/s", per=10000)
+    add("inference, 10,000 test images (predict), dense float X", t_ref_inf, t_jit_inf_dense,
+        10000, FLOPS_FORWARD, unit="images/s", per=10000)
+
+    # parallelism: the kernels with 1 thread and with all, and the dense-BLAS floor
+    n_threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    t_one = median_time(lambda: J.loss_and_grads(p, C, y), k)
+    numba.set_num_threads(n_threads)
+    add(f"loss_and_grads (compressed), numba with 1 thread vs {n_threads}", t_one, t_csr,
+        60000, FLOPS_TRAIN)
+    W1 = p.weights[0]
+    dZ = np.ones((60000, 72), dt)
+    t_blas = median_time(lambda: (Xf @ W1, Xf.T @ dZ), k)
+    add("dense BLAS alone: X @ W1 and X.T @ dZ1 (the two big products), vs numba's whole pass",
+        t_blas, t_csr, 60000, FLOPS_TRAIN)
+
+    extra = {}
+    if not args.skip_subprocess:
+        starts = start_times()
+        extra["cold_to_first_iteration_s"] = starts[0]["to_first_iteration"]
+        extra["warm_to_first_iteration_s"] = starts[1]["to_first_iteration"]
+        extra["warm_process_total_s"] = starts[1]["process_total"]
+        extra["peak_rss_mb_full_batch_training"] = peak_rss_mb(20)
+
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    print(f"# fastmlp: numba vs reference ({time.strftime('%Y-%m-%d')}, "
+          f"{fastmlp.cli.machine_info()['cpu']}, {os.cpu_count()} cores, numba threads "
+          f"{n_threads}, BLAS threads {blas[0]['num_threads'] if blas else '?'}; "
+          f"float32 matmul rate {rate:.0f} GFLOP/s; medians of {k})")
+    print()
+    print("| measurement | reference | numba | ratio | numba rate | fraction of matmul rate |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
+        print(f"| {r['measurement']} | {1e3 * r['reference_s']:.1f} ms | {1e3 * r['numba_s']:.1f} ms "
+              f"| {ratio} | {r['rate']:,.1f} {r['unit']} | {100 * r['fraction_of_matmul']:.1f}% |")
+    if extra:
+        print()
+        print(f"| start and memory | value |")
+        print("|---|---:|")
+        print(f"| cold start: compile + first full-batch iteration | "
+              f"{extra['cold_to_first_iteration_s']:.2f} s |")
+        print(f"| warm start: load cached kernels + first iteration | "
+              f"{extra['warm_to_first_iteration_s']:.2f} s |")
+        print(f"| warm start: whole process to first iteration (imports, data, compression) | "
+              f"{extra['warm_process_total_s']:.2f} s |")
+        print(f"| peak RSS, train_fast.py --preset original --backend numba (20 iterations) | "
+              f"{extra['peak_rss_mb_full_batch_training']:.0f} MB |")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, **extra, "matmul_gflops": rate}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    import fastmlp.cli  # noqa: F401  (machine_info)
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Reliability: fuzzed inputs, nothing half-written, interrupted runs, bit-for-bit repeats."""
+
+import gzip
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fastmlp import data, init_params, jit as J, reference as R
+from fastmlp.params import Params, atomic_write
+
+ROOT = Path(__file__).resolve().parent.parent
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                        HealthCheck.function_scoped_fixture])
+
+
+def _valid_idx(n=3):
+    return bytes([0, 0, 8, 1]) + struct.pack(">I", n) + bytes(range(n))
+
+
+# ----------------------------------------------------------------------------------------------
+# fuzzing: everything either works or raises the documented error
+
+
+@FUZZ
+@given(st.binary(max_size=64))
+def test_fuzz_idx_random_bytes(content):
+    try:
+        arr = data.parse_idx(content, "fuzz")
+    except ValueError as exc:
+        assert str(exc).startswith("fuzz: ")
+    else:
+        assert isinstance(arr, np.ndarray)
+
+
+@FUZZ
+@given(st.integers(0, 15), st.integers(0, 255), st.booleans())
+def test_fuzz_idx_mutated_header(pos, byte, truncate):
+    content = bytearray(_valid_idx(8))
+    content[pos % len(content)] = byte
+    if truncate:
+        content = content[:-1 - pos % 5]
+    try:
+        data.parse_idx(bytes(content), "fuzz")
+    except ValueError as exc:
+        assert "fuzz: " in str(exc)
+
+
+@FUZZ
+@given(st.binary(max_size=200), st.booleans())
+def test_fuzz_idx_files_gz_or_raw(tmp_path, content, gz):
+    path = tmp_path / ("f-idx1-ubyte.gz" if gz else "f-idx1-ubyte")
+    path.write_bytes(gzip.compress(content) if gz and content[:1] == b"\x00" else content)
+    try:
+        data.read_idx(path)
+    except ValueError as exc:
+        assert str(path) in str(exc)
+
+
+@FUZZ
+@given(st.lists(st.lists(st.one_of(st.integers(-5, 300), st.sampled_from(["", "x", "nan", "1.5",
+                                                                       "inf", " 7"])),
+                         min_size=1, max_size=790), min_size=1, max_size=3))
+def test_fuzz_csv(tmp_path, rows):
+    path = tmp_path / "fuzz.csv"
+    path.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    try:
+        X, y = data.read_csv(path)
+    except ValueError as exc:
+        assert str(path) in str(exc)
+    else:
+        assert X.shape[1] == 784 and X.dtype == np.uint8 and y.max() <= 9
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_csv_random_bytes(tmp_path, content):
+    path = tmp_path / "fuzz.csv"
+    path.write_bytes(content)
+    try:
+        data.read_csv(path)
+    except ValueError as exc:
+        assert str(path) in str(exc)
+
+
+_arrays = st.sampled_from([
+    np.zeros((2, 784)), np.zeros((2, 784), np.float32), np.zeros((784,)), np.zeros((2, 783)),
+    np.zeros((0, 784)), np.full((2, 784), np.nan), np.full((1, 784), np.inf, np.float32),
+    np.zeros((2, 784), np.int64), np.ones((3, 784), np.uint8), np.zeros((2, 28, 28)),
+    np.asfortranarray(np.zeros((3, 784))), np.zeros((4, 1568))[:, ::2], "text", None, 3.0,
+])
+_labels = st.sampled_from([np.array([0, 1]), np.array([0, 1, 2]), np.array([0, 10]),
+                           np.array([-1, 0]), np.array([0.5, 1.0]), np.array(["a", "b"]),
+                           np.array([[0, 1]]), [1, 2], None])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@settings(max_examples=60, deadline=None)
+@given(X=_arrays, y=_labels, backend=st.sampled_from([R, J]), dtype=st.sampled_from([np.float32, np.float64]))
+def test_fuzz_public_functions(X, y, backend, dtype):
+    params = init_params(dtype=dtype)
+    for call in (lambda: backend.loss_and_grads(params, X, y), lambda: backend.predict(params, X),
+                 lambda: backend.forward(params, X)):
+        try:
+            out = call()
+        except (ValueError, TypeError) as exc:
+            assert str(exc)
+        else:
+            assert out is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# nothing half-written
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "model.npz"
+
+    def broken(fh):
+        fh.write(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, broken)
+    assert list(tmp_path.iterdir()) == []
+    init_params(dtype=np.float32).save(target)
+    before = target.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, broken)
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_training_leaves_no_files(tmp_path, sig):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train_fast.py"), "--epochs", "200",
+                             "--quiet", "--save", str(out / "model.npz"), "--metrics-json",
+                             str(out / "m.json"), "--plot-dir", str(out / "figs")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell may start us with SIGINT ignored; give the child Ctrl-C back
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(6)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    files = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert files == []
+    if sig == signal.SIGINT:
+        assert "Traceback" not in err and "interrupted" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# bit for bit
+
+
+@pytest.mark.parametrize("argv", [
+    ["--epochs", "1", "--augment"],
+    ["--backend", "reference", "--epochs", "1", "--batch-size", "512"],
+    ["--preset", "original", "--iterations", "5"],
+])
+def test_fastmlp_train_is_bitwise_repeatable(tmp_path, argv):
+    models = []
+    for k in range(2):
+        path = tmp_path / f"m{k}.npz"
+        r = subprocess.run([sys.executable, "-m", "fastmlp.cli", "train", *argv, "--seed", "4",
+                            "--quiet", "--save", str(path)], capture_output=True, text=True,
+                           cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        models.append(Params.load(path))
+    for a, b in zip(models[0].arrays(), models[1].arrays()):
+        assert np.array_equal(a, b)
+
+
+def test_thread_count_does_not_change_the_model(tmp_path):
+    models = []
+    for threads in ("1", "2"):
+        path = tmp_path / f"m{threads}.npz"
+        r = subprocess.run([sys.executable, "-m", "fastmlp.cli", "train", "--epochs", "1", "--quiet",
+                            "--threads", threads, "--save", str(path)], capture_output=True,
+                           text=True, cwd=ROOT, env=dict(os.environ, NUMBA_NUM_THREADS="2"))
+        assert r.returncode == 0, r.stderr
+        models.append(Params.load(path))
+    for a, b in zip(models[0].arrays(), models[1].arrays()):
+        assert np.array_equal(a, b)
