@@ -49,3 +49,31 @@ def check_finite(X, name: str = "X") -> None:
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise ValueError(f"{name} must be finite; got {X[r, c]} at row {r}, column {c}")
+
+
+def check_perm(perm, n: int, batch_size) -> np.ndarray:
+    """An epoch's row order: integers in 0..n-1 (any order, any count >= 1); a batch size >= 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch size must be an integer >= 1; got {batch_size!r}")
+    perm = np.asarray(perm)
+    if perm.ndim != 1 or perm.size == 0 or perm.dtype.kind not in "iu":
+        raise ValueError(f"perm must be a non-empty 1-D array of row numbers; got {perm.dtype} "
+                         f"{perm.shape}")
+    if perm.min() < 0 or perm.max() >= n:
+        raise ValueError(f"perm must hold row numbers in 0..{n - 1}; got {perm.min()}..{perm.max()}")
+    return np.ascontiguousarray(perm, dtype=np.int64)
+
+
+def check_state(state, params: Params, n_buffers: int) -> None:
+    """Optimizer state as made by init_state: n_buffers arrays per parameter array."""
+    arrays = params.arrays()
+    if len(state) != n_buffers * len(arrays):
+        raise ValueError(f"optimizer state must hold {n_buffers * len(arrays)} arrays (see "
+                         f"init_state); got {len(state)}")
+    for k, buf in enumerate(state):
+        ref = arrays[k % len(arrays)]
+        if not isinstance(buf, np.ndarray) or buf.shape != ref.shape or buf.dtype != ref.dtype \
+                or not buf.flags.c_contiguous:
+            raise ValueError(f"optimizer state array {k} must be C-contiguous {ref.dtype} "
+                             f"{ref.shape}; got {getattr(buf, 'dtype', type(buf).__name__)} "
+                             f"{getattr(buf, 'shape', '')}")

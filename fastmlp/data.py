@@ -168,7 +168,7 @@ def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
         raise ValueError(f"{name}: sizes in the header do not match the data: the header says shape "
                          f"{shape} ({expected} data bytes); the file has {got}")
     arr = np.frombuffer(content, dtype=dtype, offset=header).reshape(shape)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
+    return arr.astype(dtype.newbyteorder("="))   # one copy: native byte order, writable
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -313,21 +313,12 @@ def find_dataset(split: str, dataset: str = "mnist", data_dir=None):
     return None
 
 
-# parsed and verified files, keyed by (path, size, mtime): a second load does not re-read them
-_CACHE: dict = {}
-
-
 def _load_idx_verified(path: Path, stem: str, dataset: str, verify: bool) -> np.ndarray:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, verify)
-    if key not in _CACHE:
-        content = _open_bytes(path)
-        arr = parse_idx(content, str(path))  # structural faults first: they say more
-        if verify:
-            _verify(content, stem, dataset, path)
-        arr.setflags(write=False)
-        _CACHE[key] = arr
-    return _CACHE[key]
+    content = _open_bytes(path)
+    arr = parse_idx(content, str(path))  # structural faults first: they say more
+    if verify:
+        _verify(content, stem, dataset, path)
+    return arr
 
 
 def _check_pair(images, labels, img_name, lab_name):
@@ -377,18 +368,11 @@ def load_mnist(split: str, data_dir=None, *, dataset: str = "mnist", download: b
 
     kind, a, b = found
     if kind == "csv":
-        st = a.stat()
-        key = (str(a.resolve()), st.st_size, st.st_mtime_ns, "csv")
-        if key not in _CACHE:
-            _CACHE[key] = read_csv(a)
-        images, labels = _CACHE[key]
-        return images.copy(), labels.copy()
-    images = _load_idx_verified(a, FILES[(split, "images")], dataset, verify)
-    labels = _load_idx_verified(b, FILES[(split, "labels")], dataset, verify)
-    images = _check_images(images, str(a))
-    labels = _check_labels(labels, str(b))
+        return read_csv(a)
+    images = _check_images(_load_idx_verified(a, FILES[(split, "images")], dataset, verify), str(a))
+    labels = _check_labels(_load_idx_verified(b, FILES[(split, "labels")], dataset, verify), str(b))
     _check_pair(images, labels, str(a), str(b))
-    return np.array(images, dtype=np.uint8), np.array(labels, dtype=np.uint8)
+    return images, labels
 
 
 def _not_found(split, dataset, data_dir, failures) -> DataNotFoundError:

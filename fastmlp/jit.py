@@ -12,26 +12,35 @@ facts let the kernels do less arithmetic, exactly:
 
 1. **The input is sparse.** MNIST images are 81% zeros (about 150 non-zero pixels of 784). The
    dataset is converted once into a compressed-sparse-row matrix (``CSR``: row pointers, uint16
-   column indices, values already divided by 255 in the working dtype). The first layer then costs
-   ``nnz * 72`` multiply-adds instead of ``784 * 72`` per image, forward (``z += x_j * W1[j, :]``)
-   and backward (``dW1[j, :] += x_j * dz1``). Zero pixels contribute exactly nothing, so skipping
-   them changes no result beyond summation order.
-2. **ReLU makes zeros.** In the hidden layers, an inactive unit (a = 0) is skipped in the
-   forward product and in the weight gradient, and its backward delta is zero.
+   column indices, uint8 pixel values turned into ``pixel / 255`` through a 256-entry table in the
+   working dtype, exactly the reference's values). The first layer then costs ``nnz * 72``
+   multiply-adds instead of ``784 * 72`` per image, forward (``z += x_j * W1[j, :]``) and backward
+   (``dW1[j, :] += x_j * dz1``). Zero pixels contribute exactly nothing, so skipping them changes
+   no result beyond summation order.
+2. **ReLU makes zeros.** A hidden unit that is inactive for a whole block of rows is skipped in
+   the forward product and in the weight gradient.
 
-Every step of one sample (sparse first layer, dense hidden layers, softmax, loss, backward) runs
-fused in one pass over a few hundred floats of scratch that live in L1; there are no (n, 72)
-temporaries at all. Weight gradients are accumulated per *slot*.
+Rows are processed in blocks of ``BLOCK``: the block's rows are gathered into a block-local CSR
+(applying augmentation shifts on the way), the sparse first layer runs row by row, and from then
+on the block is kept *feature-major* (one row per unit), so every dense layer, the softmax, the
+loss and every backward product are long vector loops along the block, whatever the layer widths.
+Nothing (n, 72)-sized is ever allocated. What is left is bound by moving the first layer's weight
+rows and gradient rows between L2 and the core: 9 million non-zero pixels x 72 floats, read
+forward and read-modify-written backward. (Two things measured and dropped: a compressed-sparse-
+column pass over each block, which reads each weight row once per block, lost more to building
+the transposed index than it saved; and row-by-row dense layers with short loops over 36 or 10
+units, which ran at a quarter of the block version's speed.)
 
-Parallelism (two cores): measured, BLAS threads are not used at all here, because after
-sparsification no dense product remains that is worth a BLAS call (a (n, 72) @ (72, 36) product
-with skipped zero activations runs faster as a fused loop than as a BLAS call plus the glue around
-it). All parallelism is Numba ``prange`` over **slots**: the batch's rows are cut into a fixed
-number of contiguous slots (``NSLOTS``, independent of the thread count), each slot accumulates
-into its own partial gradient, and the partials are summed in slot order afterwards. Hence:
-no races, and results that are bitwise identical run to run *and for any thread count*. Small
-batches use fewer slots (a slot must have at least ``MIN_SLOT_ROWS`` rows), so a mini-batch step
-of 128 rows runs in 2 slots. ``scripts/bench_numba.py`` measures these choices.
+Parallelism (two cores), measured: BLAS threads are not used at all here, because after
+sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
+prints the dense-BLAS time of the two big products alone beside the whole sparse pass). All
+parallelism is Numba ``prange`` over **slots**: the batch's rows are cut into a fixed number of
+contiguous slots (``NSLOTS``, independent of the thread count), each slot accumulates into its own
+partial gradient, and the partials are summed in slot order afterwards (fused into the optimizer
+update in the training loops). Hence: no races, and results that are bitwise identical run to run
+*and for any thread count*. Small batches use fewer slots (a slot gets at least
+``MIN_SLOT_ROWS`` rows), so a mini-batch step of 128 rows runs in 2 slots, one per core. The
+forward-only kernels ``prange`` over row ranges (each owns its output rows).
 
 Numba options live in one place (``_FAST`` / ``_STRICT`` below): every kernel is ``cache=True``;
 the hot kernels use ``fastmath`` *without* ``nnan``/``ninf`` so that non-finite values still
@@ -41,7 +50,6 @@ as float32 arrays or scalars prepared by the Python wrappers, so nothing promote
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import numba
@@ -50,7 +58,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from .params import Params
-from ._validate import check_X, check_y, check_params, check_finite
+from ._validate import check_X, check_y, check_params, check_finite, check_perm, check_state
 from .reference import OPTIMIZERS, init_state, one_hot, confusion_matrix  # noqa: F401  (same API)
 
 __all__ = [
@@ -375,6 +383,17 @@ def _block_softmax_xent(ZT, y, rows, b0, nb, inv_n, dZT, colmax, colsum):
     return loss
 
 
+@njit(inline="always", **_FAST)
+def _add_row_sums(gb, dZ, nb):
+    """gb[m] += sum of dZ[m, :nb] (a bias gradient from a feature-major block)."""
+    for m in range(dZ.shape[0]):
+        d = dZ[m]
+        acc = d[0] * 0
+        for t in range(nb):
+            acc += d[t]
+        gb[m] += acc
+
+
 @njit(**_FAST)
 def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s):
     """Add the block's gradients into slot s of the partials, from dZT (the output layer's
@@ -395,12 +414,7 @@ def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s)
         A = AT[offs[l - 1]:offs[l]]
         dZ = dZT[offs[l]:offs[l + 1]]
         dA = dZT[offs[l - 1]:offs[l]]
-        for m in range(fan_out):
-            d = dZ[m]
-            acc = d[0] * 0
-            for t in range(nb):
-                acc += d[t]
-            gb[m] += acc
+        _add_row_sums(gb, dZ, nb)
         for k in range(fan_in):
             a = A[k]
             da = dA[k]
@@ -422,13 +436,9 @@ def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s)
                     da[t] = 0
     H = Ws[0].shape[1]
     dZ0 = dZT[offs[0]:offs[1]]
-    gb = pbs[0][s]
+    _add_row_sums(pbs[0][s], dZ0, nb)
     for k in range(H):
         d = dZ0[k]
-        acc = d[0] * 0
-        for t in range(nb):
-            acc += d[t]
-        gb[k] += acc
         for t in range(nb):
             dZrow[t, k] = d[t]
     gW = pWs[0][s]
@@ -808,6 +818,7 @@ def _opt_args(params: Params, state, optimizer, lrs, t0, momentum=0.9, beta1=0.9
     """Everything the compiled update needs, as arrays in the params' dtype."""
     if optimizer not in _OPT_CODE:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+    check_state(state, params, {"adam": 2, "momentum": 1, "nesterov": 1}.get(optimizer, 0))
     dt = params.dtype
     L = len(params.weights)
     k = 2 * L
@@ -860,9 +871,9 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     rows in the order ``perm``, batches of ``batch_size``; step i uses lrs[i]. ``shifts``
     (len(perm), 2) moves the image perm[k] by shifts[k] = (dy, dx) pixels (augmentation)."""
     csr = _as_csr(X, params)
-    shifts = _check_shifts(shifts, len(perm), csr.n_cols)
     y = check_y(y, len(csr), params.sizes[-1])
-    perm = np.ascontiguousarray(perm, dtype=np.int64)
+    perm = check_perm(perm, len(csr), batch_size)
+    shifts = _check_shifts(shifts, len(perm), csr.n_cols)
     n = len(perm)
     steps = -(-n // batch_size)
     if len(lrs) != steps:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .params import Params
-from ._validate import check_X, check_y, check_params, check_finite
+from ._validate import check_X, check_y, check_params, check_finite, check_perm
 
 __all__ = [
     "linear_forward", "linear_backward", "relu_forward", "relu_backward",
@@ -282,7 +282,10 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     """One pass over the rows in the order ``perm``, in mini-batches of ``batch_size`` (the last
     may be smaller); step i uses lrs[i]. With ``shifts`` (len(perm), 2), the image perm[k] is
     moved by shifts[k] pixels first (augmentation). Returns each step's loss, (steps,) float64."""
+    perm = check_perm(perm, len(X), batch_size)
     steps = -(-len(perm) // batch_size)
+    if len(lrs) != steps:
+        raise ValueError(f"lrs must hold one learning rate per step ({steps}); got {len(lrs)}")
     losses = np.empty(steps)
     for i in range(steps):
         rows = perm[i * batch_size:(i + 1) * batch_size]

@@ -238,7 +238,7 @@ def fit(cfg: Config, X, y, *, progress: bool = True, on_epoch=None) -> Result:
     hyper = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     t0 = time.perf_counter()
-    Xtr = backend.prepare(X[tr], dtype)
+    Xtr = backend.prepare(X[tr] if len(va) else X, dtype)   # no copy without a validation split
     ytr = y[tr].astype(np.int64)
     Xva = backend.prepare(X[va], dtype) if len(va) else None
     yva = y[va].astype(np.int64)

@@ -26,5 +26,4 @@ def isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv("FASTMLP_DATA", raising=False)
     monkeypatch.delenv("FASTMLP_FASHION_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    fastmlp.data._CACHE.clear()
     return tmp_path
