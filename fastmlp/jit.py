@@ -348,27 +348,34 @@ def _any_nonzero(a, nb):
     return False
 
 
+@njit(inline="always", **_FAST)
+def _block_softmax(Z, nb, E, colmax, colsum):
+    """Column-wise softmax numerators of the logits Z[:, :nb]: E = exp(Z - column max) (E may be
+    Z itself); colmax and colsum receive each column's maximum and sum of E."""
+    K = Z.shape[0]
+    for t in range(nb):
+        colmax[t] = Z[0, t]
+        colsum[t] = 0
+    for m in range(1, K):
+        z = Z[m]
+        for t in range(nb):
+            if z[t] > colmax[t]:
+                colmax[t] = z[t]
+    for m in range(K):
+        z = Z[m]
+        e = E[m]
+        for t in range(nb):
+            v = np.exp(z[t] - colmax[t])
+            e[t] = v
+            colsum[t] += v
+
+
 @njit(**_FAST)
 def _block_softmax_xent(ZT, y, rows, b0, nb, inv_n, dZT, colmax, colsum):
     """Softmax over each column of the logits ZT[:, :nb]. Returns the summed cross-entropy of
     the block (float64) and writes dZT[:, :nb] = (softmax - onehot(y)) * inv_n."""
     K = ZT.shape[0]
-    for t in range(nb):
-        colmax[t] = ZT[0, t]
-    for m in range(1, K):
-        z = ZT[m]
-        for t in range(nb):
-            if z[t] > colmax[t]:
-                colmax[t] = z[t]
-    for t in range(nb):
-        colsum[t] = 0
-    for m in range(K):
-        z = ZT[m]
-        d = dZT[m]
-        for t in range(nb):
-            e = np.exp(z[t] - colmax[t])
-            d[t] = e
-            colsum[t] += e
+    _block_softmax(ZT, nb, dZT, colmax, colsum)
     loss = 0.0
     for t in range(nb):
         yi = y[rows[b0 + t]]
@@ -446,6 +453,19 @@ def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s)
         _sparse_row_outer(gW, bidx, bval, bval, bptr[t], bptr[t + 1], dZrow[t])
 
 
+@njit(inline="always", **_FAST)
+def _block_scratch(Ws, offs, lut):
+    """One block's scratch, in the working dtype (lut's): first-layer rows (BLOCK, sizes[1]), the
+    feature-major activations (units, BLOCK), two per-column vectors, and the block-local CSR
+    (room for every pixel of every row)."""
+    dt = lut.dtype
+    n_in = Ws[0].shape[0]
+    return (np.empty((BLOCK, Ws[0].shape[1]), dtype=dt), np.empty((offs[-1], BLOCK), dtype=dt),
+            np.empty(BLOCK, dtype=dt), np.empty(BLOCK, dtype=dt),
+            np.empty(BLOCK + 1, dtype=np.int64), np.empty(BLOCK * n_in, dtype=np.int32),
+            np.empty(BLOCK * n_in, dtype=dt))
+
+
 @njit(**_FAST)
 def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, inv_n, offs, pWs,
                 pbs, s):
@@ -458,16 +478,8 @@ def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, i
     is far cheaper than the random row accesses of the sparse products fetching them line by line.
     """
     touched = _warm_slot(Ws, pWs, pbs, s)
-    H = Ws[0].shape[1]
-    dt = lut.dtype
-    Zrow = np.empty((BLOCK, H), dtype=dt)
-    AT = np.empty((offs[-1], BLOCK), dtype=dt)
-    dZT = np.empty((offs[-1], BLOCK), dtype=dt)
-    colmax = np.empty(BLOCK, dtype=dt)
-    colsum = np.empty(BLOCK, dtype=dt)
-    bptr = np.empty(BLOCK + 1, dtype=np.int64)
-    bidx = np.empty(BLOCK * Ws[0].shape[0], dtype=np.int32)
-    bval = np.empty(BLOCK * Ws[0].shape[0], dtype=dt)
+    Zrow, AT, colmax, colsum, bptr, bidx, bval = _block_scratch(Ws, offs, lut)
+    dZT = np.empty_like(AT)
     L = len(Ws)
     loss = 0.0 * touched
     for b0 in range(r0, r1, BLOCK):
@@ -551,14 +563,7 @@ def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba):
     nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
     rows = np.arange(n)
     for s in prange(nslots):
-        dt = lut.dtype
-        Zrow = np.empty((BLOCK, Ws[0].shape[1]), dtype=dt)
-        AT = np.empty((offs[-1], BLOCK), dtype=dt)
-        colmax = np.empty(BLOCK, dtype=dt)
-        colsum = np.empty(BLOCK, dtype=dt)
-        bptr = np.empty(BLOCK + 1, dtype=np.int64)
-        bidx = np.empty(BLOCK * Ws[0].shape[0], dtype=np.int32)
-        bval = np.empty(BLOCK * Ws[0].shape[0], dtype=dt)
+        Zrow, AT, colmax, colsum, bptr, bidx, bval = _block_scratch(Ws, offs, lut)
         no_shifts = np.zeros((0, 2), dtype=np.int8)
         r1 = (n * (s + 1)) // nslots
         for b0 in range((n * s) // nslots, r1, BLOCK):
@@ -567,21 +572,10 @@ def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba):
             _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT)
             if proba:
                 Z = AT[offs[L - 1]:offs[L]]
+                _block_softmax(Z, nb, Z, colmax, colsum)
                 P = outs[0]
-                K = Z.shape[0]
                 for t in range(nb):
-                    colmax[t] = Z[0, t]
-                    colsum[t] = 0
-                for m in range(1, K):
-                    for t in range(nb):
-                        colmax[t] = max(colmax[t], Z[m, t])
-                for m in range(K):
-                    for t in range(nb):
-                        e = np.exp(Z[m, t] - colmax[t])
-                        Z[m, t] = e
-                        colsum[t] += e
-                for t in range(nb):
-                    for m in range(K):
+                    for m in range(Z.shape[0]):
                         P[b0 + t, m] = Z[m, t] / colsum[t]
             else:
                 for l in range(L):
