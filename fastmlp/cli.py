@@ -305,10 +305,12 @@ def image_to_mnist(path) -> np.ndarray:
         ink_is_dark = lum[opaque].mean() < 0.5 if opaque.any() else True
         bg = 1.0 if ink_is_dark else 0.0
         lum = lum * alpha + bg * (1 - alpha)
-    border = np.concatenate([lum[0], lum[-1], lum[:, 0], lum[:, -1]])
-    if np.median(border) > 0.5:
+    def border(img):
+        return np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+
+    if np.median(border(lum)) > 0.5:      # light background: invert, so the ink is bright
         lum = 1.0 - lum
-    lum = np.clip(lum - np.median(border if np.median(border) <= 0.5 else 1 - border), 0, None)
+    lum = np.clip(lum - np.median(border(lum)), 0, None)   # the background becomes 0
     if lum.max() <= 0.05:
         raise CommandError(f"{path}: no digit found (the image is blank)")
     mask = lum > 0.25 * lum.max()

@@ -803,7 +803,7 @@ def predict(params: Params, X):
 
 def accuracy(params: Params, X, y) -> float:
     """Fraction of rows whose prediction equals the label."""
-    y = check_y(y, len(X) if not isinstance(X, CSR) else len(X))
+    y = check_y(y, len(X))
     return float((predict(params, X) == y).mean())
 
 
