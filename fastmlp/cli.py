@@ -483,6 +483,10 @@ def run(command, args, prog) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"] and "-h" not in argv[1:2] and "--help" not in argv[1:2]:
+        # everything after "bench" goes to pytest as it is (argparse would take -k for its own)
+        return run("bench", argparse.Namespace(pytest_args=argv[1:]), "fastmlp bench")
     args = build_parser().parse_args(argv)
     return run(args.command, args, f"fastmlp {args.command}")
 

@@ -204,3 +204,11 @@ def test_compare_script_passes_and_prints_every_tensor():
                  "predictions"):
         assert name in out.stdout
     assert "all OK" in out.stdout
+
+
+def test_bench_passes_options_to_pytest():
+    out = subprocess.run([sys.executable, "-m", "fastmlp.cli", "bench", "-q", "--co", "-k",
+                          "predict and reference-float32-1]"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "test_predict[reference-float32-1]" in out.stdout and "1/82 tests collected" in out.stdout
