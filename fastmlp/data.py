@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import os
 import struct
 import tempfile
@@ -447,11 +446,3 @@ def download_file(url: str, dest, *, expected_md5: str | None = None, progress: 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def gzip_bytes(content: bytes) -> bytes:
-    """Gzip ``content`` (used to write test fixtures and downloads alike)."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
-        gz.write(content)
-    return buf.getvalue()

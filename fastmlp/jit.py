@@ -734,10 +734,9 @@ def _offsets(params: Params) -> np.ndarray:
 
 
 class _Workspace:
-    """Gradient outputs and per-slot partials for a given architecture, dtype and slot count."""
+    """Per-slot partial gradients for a given architecture, dtype and slot count."""
 
     def __init__(self, params: Params, nslots: int):
-        self.grads = params.zeros_like()
         self.pWs = tuple(np.zeros((nslots,) + W.shape, W.dtype) for W in params.weights)
         self.pbs = tuple(np.zeros((nslots,) + b.shape, b.dtype) for b in params.biases)
         self.offs = _offsets(params)
@@ -774,13 +773,14 @@ def loss_and_grads(params: Params, X, y):
     y = check_y(y, n, params.sizes[-1])
     ws = _Workspace(params, _nslots(n))
     Ws, bs = _tuples(params)
-    gWs, gbs = _tuples(ws.grads)
+    grads = params.zeros_like()
+    gWs, gbs = _tuples(grads)
     inv_n = params.dtype.type(1.0 / n)
     rows = np.arange(n, dtype=np.int64)
     total = _slots_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y,
                           rows, _NO_SHIFTS, inv_n, ws.offs, ws.pWs, ws.pbs)
     _sum_slots(ws.pWs, ws.pbs, gWs, gbs)
-    return total / n, ws.grads
+    return total / n, grads
 
 
 def predict_proba(params: Params, X):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -334,9 +334,3 @@ def fit(cfg: Config, X, y, *, progress: bool = True, on_epoch=None) -> Result:
     if Xva is not None:
         result.val_accuracy = evaluate(backend, result.params, Xva, yva)[1]
     return result
-
-
-def config_dict(cfg: Config) -> dict:
-    d = asdict(cfg)
-    d["sizes"] = list(cfg.sizes)
-    return d
