@@ -24,12 +24,18 @@ Rows are processed in blocks of ``BLOCK``: the block's rows are gathered into a 
 (applying augmentation shifts on the way), the sparse first layer runs row by row, and from then
 on the block is kept *feature-major* (one row per unit), so every dense layer, the softmax, the
 loss and every backward product are long vector loops along the block, whatever the layer widths.
-Nothing (n, 72)-sized is ever allocated. What is left is bound by moving the first layer's weight
-rows and gradient rows between L2 and the core: 9 million non-zero pixels x 72 floats, read
-forward and read-modify-written backward. (Two things measured and dropped: a compressed-sparse-
-column pass over each block, which reads each weight row once per block, lost more to building
-the transposed index than it saved; and row-by-row dense layers with short loops over 36 or 10
-units, which ran at a quarter of the block version's speed.)
+Nothing (n, 72)-sized is ever allocated; each slot's block scratch is allocated once per call
+(``_scratch``), not once per step. The first layer's width is a compile-time constant for the
+default architecture (``Width``), so its loops over 72 units compile to exactly nine 8-float
+vector instructions. Where the time goes after that (one thread, 60,000 images, about 130 ms):
+the sparse first layer forward ~40 ms and its gradient scatter ~50 ms (9 million non-zero pixels,
+each one multiply-add of a 72-float weight row, and for the gradient a read-modify-write of one),
+the dense layers ~25 ms, gathering, transposes and softmax the rest. Measured and dropped, each
+slower or no faster here: a compressed-sparse-*column* pass over each block (reads each weight
+row once per block, but building the transposed index costs what it saves); blocking the first
+layer by ranges of pixels so the weight rows stay in L1 (the bookkeeping costs more than the L2
+reads it saves); row-by-row dense layers (a quarter of the block version's speed); padding the
+hidden width to 80; more entries per pass (8 instead of 4).
 
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
@@ -55,7 +61,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 from numba import njit, prange
-from numba.extending import overload
+from numba import types
+from numba.extending import NativeValue, models, overload, register_model, typeof_impl, unbox
 
 from .params import Params
 from ._validate import check_X, check_y, check_params, check_finite, check_perm, check_state
@@ -205,16 +212,75 @@ def _value_impl(val, lut, p):
     return lambda val, lut, p: val[p]
 
 
+class Width:
+    """A layer width that the compiler sees as a constant: ``_width(Width(72))`` is 72, and in
+    compiled code it is a literal baked into the machine code, because the width is part of the
+    Numba *type* (``Width(72)``), like a tuple's length. Kernels compile once per such width.
+
+    Why: a loop ``for k in range(H)`` with H known only at run time compiles to a vector loop
+    plus a remainder, run after every few entries of the sparse first layer; with H = 72 =
+    9 x 8 floats as a constant it compiles to nine vector instructions and nothing else, and
+    the first layer runs 15-20% faster (measured on this machine). Only the widths in
+    CONST_WIDTHS get their own compiled kernels; any other width is passed as a plain int and
+    runs the same code with a run-time trip count (one compilation serves them all).
+    """
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+
+CONST_WIDTHS = (72,)   # the default architecture's first hidden layer
+
+
+class _WidthType(types.Type):
+    def __init__(self, n):
+        self.n = n
+        super().__init__(name=f"Width({n})")
+
+
+@typeof_impl.register(Width)
+def _typeof_width(val, c):
+    return _WidthType(val.n)
+
+
+register_model(_WidthType)(models.OpaqueModel)
+
+
+@unbox(_WidthType)
+def _unbox_width(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())      # the type carries everything
+
+
+def _width(w):
+    """The width a kernel loops over: Width(n) -> n, a compile-time constant when compiled;
+    an int -> itself. Compiled code uses the overload below; this body runs without the JIT."""
+    return w.n if isinstance(w, Width) else w
+
+
+@overload(_width, jit_options=dict(inline="always"))
+def _width_impl(w):
+    if isinstance(w, _WidthType):
+        n = w.n
+        return lambda w: n
+    return lambda w: w
+
+
+def _first_width(params: Params):
+    h = params.sizes[1]
+    return Width(h) if h in CONST_WIDTHS else int(h)
+
+
 @njit(inline="always", **_FAST)
-def _sparse_row_matmul(z, W, b, idx, val, lut, p0, p1):
+def _sparse_row_matmul(z, W, b, idx, val, lut, p0, p1, width):
     """z = x @ W + b for one sparse row x given as (idx[p], val[p]) for p in p0..p1-1.
 
-    The same routine serves the input layer (x = a CSR row of pixels) and every hidden layer
-    (x = the active ReLU outputs, compacted). Four rows of W are combined per pass over z: that
-    quarters the loads and stores of z and breaks the store-to-load dependency from one entry
-    to the next, which otherwise bounds this loop.
+    Four rows of W are combined per pass over z: that quarters the loads and stores of z and
+    breaks the store-to-load dependency from one entry to the next, which otherwise bounds this
+    loop. ``width`` is W.shape[1], as ``Width`` (a compile-time trip count) or an int.
     """
-    H = z.shape[0]
+    H = _width(width)
     for k in range(H):
         z[k] = b[k]
     p = p0
@@ -239,14 +305,26 @@ def _sparse_row_matmul(z, W, b, idx, val, lut, p0, p1):
 
 
 @njit(inline="always", **_FAST)
-def _sparse_row_outer(gW, idx, val, lut, p0, p1, d):
-    """gW[idx[p], :] += val[p] * d for p in p0..p1-1: this row's x.T @ d, only where x != 0."""
-    H = d.shape[0]
-    for p in range(p0, p1):
-        g = gW[idx[p]]
-        v = _value(val, lut, p)
+def _sparse_row_outer(gW, idx, val, lut, p0, p1, d, width):
+    """gW[idx[p], :] += val[p] * d for p in p0..p1-1: this row's x.T @ d, only where x != 0.
+    Two entries per pass share the loads of d. ``width``: as in _sparse_row_matmul (len = d's size)."""
+    H = _width(width)
+    p = p0
+    while p + 2 <= p1:
+        g0 = gW[idx[p]]
+        g1 = gW[idx[p + 1]]
+        v0 = _value(val, lut, p)
+        v1 = _value(val, lut, p + 1)
         for k in range(H):
-            g[k] += v * d[k]
+            dk = d[k]
+            g0[k] += v0 * dk
+            g1[k] += v1 * dk
+        p += 2
+    if p < p1:
+        g0 = gW[idx[p]]
+        v0 = _value(val, lut, p)
+        for k in range(H):
+            g0[k] += v0 * d[k]
 
 
 BLOCK = 128          # rows per block: the block's activations stay in L2
@@ -287,7 +365,7 @@ def _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx
 
 
 @njit(**_FAST)
-def _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT):
+def _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, width):
     """Forward one block (its inputs gathered by _gather_block) through the network.
 
     Zrow (BLOCK, sizes[1]) is scratch for the sparse first layer, computed row by row. After it,
@@ -300,7 +378,8 @@ def _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT):
     L = len(Ws)
     H = Ws[0].shape[1]
     for t in range(nb):
-        _sparse_row_matmul(Zrow[t], Ws[0], bs[0], bidx, bval, bval, bptr[t], bptr[t + 1])
+        _sparse_row_matmul(Zrow[t], Ws[0], bs[0], bidx, bval, bval, bptr[t], bptr[t + 1],
+                           width)
     Z0 = AT[offs[0]:offs[1]]
     for t in range(nb):
         for k in range(H):
@@ -308,26 +387,61 @@ def _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT):
     if L > 1:
         _relu_rows(Z0, nb)
     for l in range(1, L):
-        W = Ws[l]
-        b = bs[l]
-        A = AT[offs[l - 1]:offs[l]]
-        Z = AT[offs[l]:offs[l + 1]]
-        fan_in, fan_out = W.shape
-        for m in range(fan_out):
-            z = Z[m]
-            bm = b[m]
-            for t in range(nb):
-                z[t] = bm
-        for k in range(fan_in):
-            a = A[k]
-            if _any_nonzero(a, nb):
-                for m in range(fan_out):
-                    z = Z[m]
-                    w = W[k, m]
-                    for t in range(nb):
-                        z[t] += w * a[t]
+        _dense_forward(Ws[l], bs[l], AT[offs[l - 1]:offs[l]], AT[offs[l]:offs[l + 1]], nb)
         if l < L - 1:
-            _relu_rows(Z, nb)
+            _relu_rows(AT[offs[l]:offs[l + 1]], nb)
+
+
+@njit(**_FAST)
+def _dense_forward(W, b, A, Z, nb):
+    """Z[:, :nb] = W.T @ A[:, :nb] + b for feature-major A (fan_in, BLOCK), Z (fan_out, BLOCK).
+
+    Each output row is a sum of long vector updates along the block. One pass along the block
+    reads four input rows and updates two output rows: eight multiply-adds per six loads and
+    two stores (one input row per pass would be bound by loads and stores, not arithmetic). The
+    eight weights are read into scalars before the pass, where the compiler can keep them in
+    registers (it cannot prove that writing z leaves W unchanged, so W[k, m] inside the loop
+    would be re-read at every t)."""
+    fan_in, fan_out = W.shape
+    for m in range(0, fan_out - 1, 2):
+        z0 = Z[m]
+        z1 = Z[m + 1]
+        b0 = b[m]
+        b1 = b[m + 1]
+        for t in range(nb):
+            z0[t] = b0
+            z1[t] = b1
+        k = 0
+        while k + 4 <= fan_in:
+            a0, a1, a2, a3 = A[k], A[k + 1], A[k + 2], A[k + 3]
+            u0, u1, u2, u3 = W[k, m], W[k + 1, m], W[k + 2, m], W[k + 3, m]
+            v0, v1, v2, v3 = W[k, m + 1], W[k + 1, m + 1], W[k + 2, m + 1], W[k + 3, m + 1]
+            for t in range(nb):
+                x0 = a0[t]
+                x1 = a1[t]
+                x2 = a2[t]
+                x3 = a3[t]
+                z0[t] += (u0 * x0 + u1 * x1) + (u2 * x2 + u3 * x3)
+                z1[t] += (v0 * x0 + v1 * x1) + (v2 * x2 + v3 * x3)
+            k += 4
+        for k in range(k, fan_in):
+            a0 = A[k]
+            u0 = W[k, m]
+            v0 = W[k, m + 1]
+            for t in range(nb):
+                z0[t] += u0 * a0[t]
+                z1[t] += v0 * a0[t]
+    if fan_out % 2:                           # an odd last output row, on its own
+        m = fan_out - 1
+        z0 = Z[m]
+        b0 = b[m]
+        for t in range(nb):
+            z0[t] = b0
+        for k in range(fan_in):
+            a0 = A[k]
+            u0 = W[k, m]
+            for t in range(nb):
+                z0[t] += u0 * a0[t]
 
 
 @njit(**_FAST)
@@ -402,7 +516,7 @@ def _add_row_sums(gb, dZ, nb):
 
 
 @njit(**_FAST)
-def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s):
+def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s, width):
     """Add the block's gradients into slot s of the partials, from dZT (the output layer's
     dL/dZ, feature-major) down to the first layer. Layers in reverse order of the forward pass:
 
@@ -414,33 +528,9 @@ def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s)
     """
     L = len(Ws)
     for l in range(L - 1, 0, -1):
-        W = Ws[l]
-        fan_in, fan_out = W.shape
-        gW = pWs[l][s]
-        gb = pbs[l][s]
-        A = AT[offs[l - 1]:offs[l]]
         dZ = dZT[offs[l]:offs[l + 1]]
-        dA = dZT[offs[l - 1]:offs[l]]
-        _add_row_sums(gb, dZ, nb)
-        for k in range(fan_in):
-            a = A[k]
-            da = dA[k]
-            for t in range(nb):
-                da[t] = 0
-            if not _any_nonzero(a, nb):
-                continue                   # a unit inactive for the whole block: no gradient
-            for m in range(fan_out):
-                d = dZ[m]
-                acc = a[0] * d[0]
-                for t in range(1, nb):
-                    acc += a[t] * d[t]
-                gW[k, m] += acc
-                w = W[k, m]
-                for t in range(nb):
-                    da[t] += w * d[t]
-            for t in range(nb):            # the ReLU mask from the forward output
-                if not a[t] > 0:
-                    da[t] = 0
+        _add_row_sums(pbs[l][s], dZ, nb)
+        _dense_backward(Ws[l], AT[offs[l - 1]:offs[l]], dZ, dZT[offs[l - 1]:offs[l]], pWs[l][s], nb)
     H = Ws[0].shape[1]
     dZ0 = dZT[offs[0]:offs[1]]
     _add_row_sums(pbs[0][s], dZ0, nb)
@@ -450,25 +540,76 @@ def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s)
             dZrow[t, k] = d[t]
     gW = pWs[0][s]
     for t in range(nb):
-        _sparse_row_outer(gW, bidx, bval, bval, bptr[t], bptr[t + 1], dZrow[t])
+        _sparse_row_outer(gW, bidx, bval, bval, bptr[t], bptr[t + 1], dZrow[t], width)
 
 
-@njit(inline="always", **_FAST)
-def _block_scratch(Ws, offs, lut):
-    """One block's scratch, in the working dtype (lut's): first-layer rows (BLOCK, sizes[1]), the
-    feature-major activations (units, BLOCK), two per-column vectors, and the block-local CSR
-    (room for every pixel of every row)."""
-    dt = lut.dtype
-    n_in = Ws[0].shape[0]
-    return (np.empty((BLOCK, Ws[0].shape[1]), dtype=dt), np.empty((offs[-1], BLOCK), dtype=dt),
-            np.empty(BLOCK, dtype=dt), np.empty(BLOCK, dtype=dt),
-            np.empty(BLOCK + 1, dtype=np.int64), np.empty(BLOCK * n_in, dtype=np.int32),
-            np.empty(BLOCK * n_in, dtype=dt))
+@njit(**_FAST)
+def _dense_backward(W, A, dZ, dA, gW, nb):
+    """One dense layer backward on a feature-major block: gW[k, m] += A[k, :nb] . dZ[m, :nb] and
+    dA[k, :nb] = (W[k, :] @ dZ[:, :nb]) masked by A[k, :nb] > 0 (the ReLU below).
+
+    Four output rows are taken per pass along the block: the pass reads a[t] and dA[t] once for
+    four gradient dot products and four multiply-adds into dA. A unit k inactive for the whole
+    block gets no gradient and dA = 0 without any arithmetic."""
+    fan_in, fan_out = W.shape
+    for k in range(fan_in):
+        a = A[k]
+        da = dA[k]
+        for t in range(nb):
+            da[t] = 0
+        if not _any_nonzero(a, nb):
+            continue
+        m = 0
+        while m + 4 <= fan_out:
+            d0, d1, d2, d3 = dZ[m], dZ[m + 1], dZ[m + 2], dZ[m + 3]
+            w0, w1, w2, w3 = W[k, m], W[k, m + 1], W[k, m + 2], W[k, m + 3]
+            s0 = a[0] * 0
+            s1, s2, s3 = s0, s0, s0
+            for t in range(nb):
+                at = a[t]
+                s0 += at * d0[t]
+                s1 += at * d1[t]
+                s2 += at * d2[t]
+                s3 += at * d3[t]
+                da[t] += (w0 * d0[t] + w1 * d1[t]) + (w2 * d2[t] + w3 * d3[t])
+            gW[k, m] += s0
+            gW[k, m + 1] += s1
+            gW[k, m + 2] += s2
+            gW[k, m + 3] += s3
+            m += 4
+        while m < fan_out:
+            d0 = dZ[m]
+            w0 = W[k, m]
+            s0 = a[0] * 0
+            for t in range(nb):
+                s0 += a[t] * d0[t]
+                da[t] += w0 * d0[t]
+            gW[k, m] += s0
+            m += 1
+        for t in range(nb):            # the ReLU mask from the forward output
+            if not a[t] > 0:
+                da[t] = 0
+
+
+def _scratch(params: Params, nslots: int, csr: CSR):
+    """Per-slot scratch for the block kernels, allocated once per call (not once per step), in
+    the params' dtype; index [s] is slot s's share. Per slot: the first layer's rows
+    (BLOCK, sizes[1]); the feature-major activations and their gradients (units, BLOCK); the
+    softmax's per-column max and sum (2, BLOCK); the block-local CSR, with room for BLOCK of the
+    densest row (a shifted image never has more non-zero pixels than the original); and last,
+    the first layer's width as a compile-time constant (see Width)."""
+    dt = params.dtype
+    units = int(sum(params.sizes[1:]))
+    cap = BLOCK * max(1, int(np.diff(csr.indptr).max(initial=0)))
+    return (np.empty((nslots, BLOCK, params.sizes[1]), dt), np.empty((nslots, units, BLOCK), dt),
+            np.empty((nslots, units, BLOCK), dt), np.empty((nslots, 2, BLOCK), dt),
+            np.empty((nslots, BLOCK + 1), np.int64), np.empty((nslots, cap), np.int32),
+            np.empty((nslots, cap), dt), _first_width(params))
 
 
 @njit(**_FAST)
 def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, inv_n, offs, pWs,
-                pbs, s):
+                pbs, scr, s):
     """Forward and backward rows[r0:r1], block by block, into slot s of the partials.
     Returns the slot's summed cross-entropy (float64).
 
@@ -478,17 +619,17 @@ def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, i
     is far cheaper than the random row accesses of the sparse products fetching them line by line.
     """
     touched = _warm_slot(Ws, pWs, pbs, s)
-    Zrow, AT, colmax, colsum, bptr, bidx, bval = _block_scratch(Ws, offs, lut)
-    dZT = np.empty_like(AT)
+    Zrow, AT, dZT, colmax, colsum = scr[0][s], scr[1][s], scr[2][s], scr[3][s, 0], scr[3][s, 1]
+    bptr, bidx, bval = scr[4][s], scr[5][s], scr[6][s]
     L = len(Ws)
     loss = 0.0 * touched
     for b0 in range(r0, r1, BLOCK):
         nb = min(BLOCK, r1 - b0)
         _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx, bval)
-        _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT)
+        _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, scr[7])
         loss += _block_softmax_xent(AT[offs[L - 1]:offs[L]], y, rows, b0, nb, inv_n,
                                     dZT[offs[L - 1]:offs[L]], colmax, colsum)
-        _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, Zrow, pWs, pbs, s)
+        _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, Zrow, pWs, pbs, s, scr[7])
     return loss
 
 
@@ -509,7 +650,7 @@ def _warm_slot(Ws, pWs, pbs, s):
 
 
 @njit(parallel=True, **_FAST)
-def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs, pWs, pbs):
+def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs, pWs, pbs, scr):
     """Gradients of the batch rows (row numbers into the CSR), left as per-slot partials.
 
     pWs[l] has shape (nslots, fan_in, fan_out); each slot zeroes its own first. prange over slots:
@@ -524,7 +665,7 @@ def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, 
         r0 = (n * s) // nslots
         r1 = (n * (s + 1)) // nslots
         losses[s] = _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, inv_n,
-                                offs, pWs, pbs, s)
+                                offs, pWs, pbs, scr, s)
     total = 0.0
     for s in range(nslots):
         total += losses[s]
@@ -554,22 +695,23 @@ def _sum_slots(pWs, pbs, gWs, gbs):
 
 
 @njit(parallel=True, **_FAST)
-def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba):
+def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba, scr):
     """Forward every row. With proba False: outs[l] (n, sizes[l+1]) receives layer l's output
     (logits for the last). With proba True: outs[0] (n, 10) receives the softmax probabilities
     and the hidden layers are not stored. prange over row ranges (each owns its output rows)."""
     n = indptr.shape[0] - 1
     L = len(Ws)
-    nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
+    nslots = scr[0].shape[0]
     rows = np.arange(n)
     for s in prange(nslots):
-        Zrow, AT, colmax, colsum, bptr, bidx, bval = _block_scratch(Ws, offs, lut)
+        Zrow, AT, colmax, colsum = scr[0][s], scr[1][s], scr[3][s, 0], scr[3][s, 1]
+        bptr, bidx, bval = scr[4][s], scr[5][s], scr[6][s]
         no_shifts = np.zeros((0, 2), dtype=np.int8)
         r1 = (n * (s + 1)) // nslots
         for b0 in range((n * s) // nslots, r1, BLOCK):
             nb = min(BLOCK, r1 - b0)
             _gather_block(indptr, indices, values, lut, rows, no_shifts, b0, nb, bptr, bidx, bval)
-            _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT)
+            _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, scr[7])
             if proba:
                 Z = AT[offs[L - 1]:offs[L]]
                 _block_softmax(Z, nb, Z, colmax, colsum)
@@ -674,13 +816,13 @@ def _update_all(Ws, bs, gWs, gbs, mWs, mbs, vWs, vbs, code, lr, hp, wd, c1, c2):
 
 
 @njit(**_FAST)
-def _gd_loop(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs, pWs, pbs,
+def _gd_loop(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs, pWs, pbs, scr,
              mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """len(lrs) full-batch steps: gradients of all rows, then the update. losses[i] is step i's
     mean loss, before its update."""
     for it in range(lrs.shape[0]):
         total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs,
-                              pWs, pbs)
+                              pWs, pbs, scr)
         losses[it] = total / rows.shape[0]
         _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lrs[it], hp, wd, c1s[it],
                            c2s[it])
@@ -688,7 +830,7 @@ def _gd_loop(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs,
 
 @njit(**_FAST)
 def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs, inv_ns, pWs, pbs,
-              mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
+              scr, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """One epoch of mini-batch steps over the rows in the order perm (the shuffle is the
     caller's). Step i takes perm[i*batch:(i+1)*batch]; losses[i] is its mean loss."""
     n = perm.shape[0]
@@ -697,7 +839,7 @@ def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs
         r1 = min(n, r0 + batch)
         total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, perm[r0:r1],
                               shifts[r0:r1] if shifts.shape[0] else shifts, inv_ns[it],
-                              offs, pWs, pbs)
+                              offs, pWs, pbs, scr)
         losses[it] = total / (r1 - r0)
         _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lrs[it], hp, wd, c1s[it],
                            c2s[it])
@@ -728,6 +870,10 @@ def _nslots(n: int) -> int:
     return int(max(1, min(NSLOTS, n // MIN_SLOT_ROWS)))
 
 
+def _nslots_fwd(n: int) -> int:
+    return int(max(1, min(NSLOTS_FWD, -(-n // BLOCK))))
+
+
 def _offsets(params: Params) -> np.ndarray:
     """Where each layer's output starts in the per-row scratch vector."""
     return np.concatenate([[0], np.cumsum(params.sizes[1:])]).astype(np.int64)
@@ -736,10 +882,11 @@ def _offsets(params: Params) -> np.ndarray:
 class _Workspace:
     """Per-slot partial gradients for a given architecture, dtype and slot count."""
 
-    def __init__(self, params: Params, nslots: int):
+    def __init__(self, params: Params, nslots: int, csr: CSR):
         self.pWs = tuple(np.zeros((nslots,) + W.shape, W.dtype) for W in params.weights)
         self.pbs = tuple(np.zeros((nslots,) + b.shape, b.dtype) for b in params.biases)
         self.offs = _offsets(params)
+        self.scr = _scratch(params, nslots, csr)
 
 
 def _tuples(params: Params):
@@ -757,7 +904,7 @@ def forward(params: Params, X):
     outs = tuple(np.empty((n, m), params.dtype) for m in params.sizes[1:])
     Ws, bs = _tuples(params)
     _forward_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, _offsets(params), outs,
-                    False)
+                    False, _scratch(params, _nslots_fwd(n), csr))
     return [X] + list(outs)
 
 
@@ -771,14 +918,14 @@ def loss_and_grads(params: Params, X, y):
     csr = _as_csr(X, params)
     n = len(csr)
     y = check_y(y, n, params.sizes[-1])
-    ws = _Workspace(params, _nslots(n))
+    ws = _Workspace(params, _nslots(n), csr)
     Ws, bs = _tuples(params)
     grads = params.zeros_like()
     gWs, gbs = _tuples(grads)
     inv_n = params.dtype.type(1.0 / n)
     rows = np.arange(n, dtype=np.int64)
     total = _slots_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y,
-                          rows, _NO_SHIFTS, inv_n, ws.offs, ws.pWs, ws.pbs)
+                          rows, _NO_SHIFTS, inv_n, ws.offs, ws.pWs, ws.pbs, ws.scr)
     _sum_slots(ws.pWs, ws.pbs, gWs, gbs)
     return total / n, grads
 
@@ -792,7 +939,7 @@ def predict_proba(params: Params, X):
     P = np.empty((len(csr), params.sizes[-1]), params.dtype)
     Ws, bs = _tuples(params)
     _forward_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, _offsets(params), (P,),
-                    True)
+                    True, _scratch(params, _nslots_fwd(len(csr)), csr))
     return P
 
 
@@ -849,13 +996,13 @@ def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
     csr = _as_csr(X, params)
     n = len(csr)
     y = check_y(y, n, params.sizes[-1])
-    ws = _Workspace(params, _nslots(n))
+    ws = _Workspace(params, _nslots(n), csr)
     Ws, bs = _tuples(params)
     losses = np.empty(len(lrs))
     rows = np.arange(n, dtype=np.int64)
     _gd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, rows, _NO_SHIFTS,
-             params.dtype.type(1.0 / n), ws.offs, ws.pWs, ws.pbs, *_opt_args(params, state, optimizer, lrs, t0, **hyper),
-             losses)
+             params.dtype.type(1.0 / n), ws.offs, ws.pWs, ws.pbs, ws.scr,
+             *_opt_args(params, state, optimizer, lrs, t0, **hyper), losses)
     return losses
 
 
@@ -874,10 +1021,10 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
         raise ValueError(f"lrs must hold one learning rate per step ({steps}); got {len(lrs)}")
     sizes = np.minimum(batch_size, n - batch_size * np.arange(steps))
     inv_ns = (1.0 / sizes).astype(params.dtype)
-    ws = _Workspace(params, _nslots(batch_size))
+    ws = _Workspace(params, _nslots(batch_size), csr)
     Ws, bs = _tuples(params)
     losses = np.empty(steps)
     _sgd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, shifts, batch_size,
-              ws.offs, inv_ns, ws.pWs, ws.pbs, *_opt_args(params, state, optimizer, lrs, t0, **hyper),
+              ws.offs, inv_ns, ws.pWs, ws.pbs, ws.scr, *_opt_args(params, state, optimizer, lrs, t0, **hyper),
               losses)
     return losses
