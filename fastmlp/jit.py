@@ -40,13 +40,25 @@ hidden width to 80; more entries per pass (8 instead of 4).
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
 prints the dense-BLAS time of the two big products alone beside the whole sparse pass). All
-parallelism is Numba ``prange`` over **slots**: the batch's rows are cut into a fixed number of
-contiguous slots (``NSLOTS``, independent of the thread count), each slot accumulates into its own
-partial gradient, and the partials are summed in slot order afterwards (fused into the optimizer
-update in the training loops). Hence: no races, and results that are bitwise identical run to run
-*and for any thread count*. Small batches use fewer slots (a slot gets at least
-``MIN_SLOT_ROWS`` rows), so a mini-batch step of 128 rows runs in 2 slots, one per core. The
-forward-only kernels ``prange`` over row ranges (each owns its output rows).
+parallelism is Numba ``prange``, in one of two shapes, chosen by batch size:
+
+* **Slots** (full batches, and mini-batches over ``SPLIT_MAX_BATCH`` rows): the batch's rows are
+  cut into a fixed number of contiguous slots (``NSLOTS``, independent of the thread count),
+  each slot accumulates into its own partial gradient, and the partials are summed in slot
+  order afterwards (fused into the optimizer update in the training loops).
+* **Pixel split** (mini-batches up to ``SPLIT_MAX_BATCH`` rows; the default 128 is one): with
+  slots, every step would move each core's whole partial gradient and half the updated weights
+  to the other core (about 340 KB per core per step for the first layer), and on this machine
+  that traffic cost more than the arithmetic, and varied from run to run with where the
+  hypervisor placed the two cores. So a small step is cut the other way: half 0 owns the first
+  layer's weight rows of the upper pixels, half 1 those of the lower (``_split_point``), and
+  three parallel phases per step (``_split_forward``, ``_split_dense``, ``_split_update``)
+  keep those rows, their gradient and their optimizer state on one core for the whole epoch;
+  only the batch's activations (~40 KB) cross between cores.
+
+Either way the split of the work is fixed, never taken from the thread count, and every sum
+runs in a fixed order: no races, and results that are bitwise identical run to run *and for any
+thread count*. The forward-only kernels ``prange`` over row ranges (each owns its output rows).
 
 Numba options live in one place (``_FAST`` / ``_STRICT`` below): every kernel is ``cache=True``;
 the hot kernels use ``fastmath`` *without* ``nnan``/``ninf`` so that non-finite values still
@@ -56,6 +68,7 @@ as float32 arrays or scalars prepared by the Python wrappers, so nothing promote
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numba
@@ -63,7 +76,10 @@ import numpy as np
 from numba import njit, prange
 from numba import types
 from numba.core.compiler import Compiler
-from numba.extending import NativeValue, models, overload, register_model, typeof_impl, unbox
+from numba.core import cgutils
+from numba.extending import (NativeValue, intrinsic, models, overload, register_model, typeof_impl,
+                             unbox)
+from llvmlite import ir
 
 from .params import Params
 from ._validate import check_X, check_y, check_params, check_finite, check_perm, check_state
@@ -230,6 +246,31 @@ def _zero_of_impl(a):
     return lambda a: dt(0)
 
 
+def _prefetch(a, i):
+    """Ask the CPU to start loading a[i] into cache now (LLVM's prefetch; no effect on results).
+    Without the JIT this does nothing."""
+
+
+@intrinsic
+def _prefetch_intrinsic(typingctx, a, i):
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(a, i), codegen
+
+
+@overload(_prefetch, inline="always")
+def _prefetch_impl(a, i):
+    return lambda a, i: _prefetch_intrinsic(a, i)
+
+
 def _value(val, lut, p):
     """The p-th input value: lut[val[p]] for uint8 pixels, val[p] for floats. Compiled code uses
     the overload below, which makes this choice at compile time; this body runs only under
@@ -350,14 +391,16 @@ def _sparse_row_outer(gW, idx, val, lut, p0, p1, d, width):
             g[k] += v * d[k]
 
 
+_AHEAD = 4           # rows ahead for prefetching in _gather_block
 BLOCK = 128          # rows per block: the block's activations stay in L2
 
 
 @njit(**_FAST)
-def _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx, bval):
+def _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx, bval, j0, j1):
     """Copy the rows rows[b0:b0+nb] of the CSR batch into a block-local CSR (bptr, bidx, bval)
     with the values in the working dtype: the block's inputs are then read from L1/L2 by both
-    the forward and the backward pass, wherever the rows lie in the dataset.
+    the forward and the backward pass, wherever the rows lie in the dataset. Only the columns
+    j0 <= j < j1 are kept (all of them with 0, n_cols; a pixel range in the split step).
 
     With shifts (an (n, 2) int8 array aligned with rows; empty for none), the image of row
     rows[b0 + t] is moved by shifts[b0 + t] = (dy, dx) pixels, filling with zeros: pixel (r, c)
@@ -366,22 +409,31 @@ def _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx
     q = 0
     has_shift = shifts.shape[0] > 0
     for t in range(nb):
+        if t + 2 * _AHEAD < nb:            # rows lie anywhere in the dataset: ask for the memory
+            _prefetch(indptr, rows[b0 + t + 2 * _AHEAD])        # of later rows early, so the
+        if t + _AHEAD < nb:                                     # cache misses overlap
+            ahead = indptr[rows[b0 + t + _AHEAD]]
+            _prefetch(indices, ahead)
+            _prefetch(values, ahead)
         bptr[t] = q
         i = rows[b0 + t]
         dy = shifts[b0 + t, 0] if has_shift else 0
         dx = shifts[b0 + t, 1] if has_shift else 0
         if dy == 0 and dx == 0:
             for p in range(indptr[i], indptr[i + 1]):
-                bidx[q] = indices[p]
-                bval[q] = _value(values, lut, p)
-                q += 1
+                j = indices[p]
+                if j0 <= j < j1:
+                    bidx[q] = j
+                    bval[q] = _value(values, lut, p)
+                    q += 1
         else:
             for p in range(indptr[i], indptr[i + 1]):
                 j = np.int64(indices[p])
                 r = j // 28 + dy
                 c = j % 28 + dx
-                if 0 <= r < 28 and 0 <= c < 28:
-                    bidx[q] = r * 28 + c
+                j = r * 28 + c
+                if 0 <= r < 28 and 0 <= c < 28 and j0 <= j < j1:
+                    bidx[q] = j
                     bval[q] = _value(values, lut, p)
                     q += 1
     bptr[nb] = q
@@ -398,17 +450,23 @@ def _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, width):
     (ZT[m, :] += W[k, m] * AT[k, :]), which vectorizes fully whatever the layer widths, and a
     unit that is inactive for the whole block is skipped.
     """
-    L = len(Ws)
-    H = Ws[0].shape[1]
     for t in range(nb):
         _sparse_row_matmul(Zrow[t], Ws[0], bs[0], bidx, bval, bval, bptr[t], bptr[t + 1],
                            width)
     Z0 = AT[offs[0]:offs[1]]
     for t in range(nb):
-        for k in range(H):
+        for k in range(Z0.shape[0]):
             Z0[k, t] = Zrow[t, k]
+    _block_forward_dense(Ws, bs, nb, offs, AT)
+
+
+@njit(**_FAST)
+def _block_forward_dense(Ws, bs, nb, offs, AT):
+    """The block's layers after the first, given the first layer's pre-activations (feature-
+    major) in AT[offs[0]:offs[1], :nb]: ReLU, then each dense layer (ReLU on all but the last)."""
+    L = len(Ws)
     if L > 1:
-        _relu_rows(Z0, nb)
+        _relu_rows(AT[offs[0]:offs[1]], nb)
     for l in range(1, L):
         _dense_forward(Ws[l], bs[l], AT[offs[l - 1]:offs[l]], AT[offs[l]:offs[l + 1]], nb)
         if l < L - 1:
@@ -549,21 +607,28 @@ def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s,
     The first layer's gradient is the sparse x.T @ dz per row (dZrow: the block's dZ row-major).
     The input layer's dA is never formed.
     """
+    _block_backward_dense(Ws, nb, offs, AT, dZT, pWs, pbs, s, dZrow)
+    gW = pWs[0][s]
+    for t in range(nb):
+        _sparse_row_outer(gW, bidx, bval, bval, bptr[t], bptr[t + 1], dZrow[t], width)
+
+
+@njit(**_FAST)
+def _block_backward_dense(Ws, nb, offs, AT, dZT, pWs, pbs, s, dZrow):
+    """The backward of every layer but the first's weights: layers L-1..1 into slot s of the
+    partials, the first layer's bias gradient, and the first layer's dL/dZ for the block
+    written row-major into dZrow[:nb] (what the sparse weight gradient reads)."""
     L = len(Ws)
     for l in range(L - 1, 0, -1):
         dZ = dZT[offs[l]:offs[l + 1]]
         _add_row_sums(pbs[l][s], dZ, nb)
         _dense_backward(Ws[l], AT[offs[l - 1]:offs[l]], dZ, dZT[offs[l - 1]:offs[l]], pWs[l][s], nb)
-    H = Ws[0].shape[1]
     dZ0 = dZT[offs[0]:offs[1]]
     _add_row_sums(pbs[0][s], dZ0, nb)
-    for k in range(H):
+    for k in range(dZ0.shape[0]):
         d = dZ0[k]
         for t in range(nb):
             dZrow[t, k] = d[t]
-    gW = pWs[0][s]
-    for t in range(nb):
-        _sparse_row_outer(gW, bidx, bval, bval, bptr[t], bptr[t + 1], dZrow[t], width)
 
 
 @njit(**_FAST)
@@ -648,7 +713,8 @@ def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, i
     loss = 0.0 * touched
     for b0 in range(r0, r1, BLOCK):
         nb = min(BLOCK, r1 - b0)
-        _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx, bval)
+        _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx, bval, 0,
+                      Ws[0].shape[0])
         _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, scr[7])
         loss += _block_softmax_xent(AT[offs[L - 1]:offs[L]], y, rows, b0, nb, inv_n,
                                     dZT[offs[L - 1]:offs[L]], colmax, colsum)
@@ -733,7 +799,8 @@ def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba, scr
         r1 = (n * (s + 1)) // nslots
         for b0 in range((n * s) // nslots, r1, BLOCK):
             nb = min(BLOCK, r1 - b0)
-            _gather_block(indptr, indices, values, lut, rows, no_shifts, b0, nb, bptr, bidx, bval)
+            _gather_block(indptr, indices, values, lut, rows, no_shifts, b0, nb, bptr, bidx, bval,
+                          0, Ws[0].shape[0])
             _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, scr[7])
             if proba:
                 Z = AT[offs[L - 1]:offs[L]]
@@ -785,38 +852,158 @@ def _opt_rule(w, g, m, v, code, lr, hp, c1, c2):
             w[j] -= lr * (m[j] / c1) / (np.sqrt(v[j] / c2) + eps)
 
 
+@njit(inline="always", **_STRICT)
+def _update_row(W, pW, mW, vW, k, code, lr, hp, wd, c1, c2):
+    """Row k of the optimizer step: the slots' partial rows pW[:, k] summed in slot order into
+    slot 0's row (the gradient), weight decay, then the rule. m, v state rows as the rule needs."""
+    w = W[k]
+    g = pW[0, k]
+    for s in range(1, pW.shape[0]):
+        gs = pW[s, k]
+        for j in range(g.shape[0]):
+            g[j] += gs[j]
+    if wd != 0:
+        for j in range(g.shape[0]):
+            g[j] += wd * w[j]
+    m = mW[k] if code == 3 else w
+    v = vW[k] if code != 0 else w
+    _opt_rule(w, g, m, v, code, lr, hp, c1, c2)
+
+
+@njit(inline="always", **_STRICT)
+def _update_bias(b, pb, mb, vb, code, lr, hp, c1, c2):
+    """The optimizer step of a bias from its slot partials pb (summed in slot order; no decay)."""
+    gb = pb[0]
+    for s in range(1, pb.shape[0]):
+        for j in range(gb.shape[0]):
+            gb[j] += pb[s, j]
+    _opt_rule(b, gb, mb if code == 3 else b, vb if code != 0 else b, code, lr, hp, c1, c2)
+
+
 @njit(parallel=True, **_STRICT)
 def _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lr, hp, wd, c1, c2):
-    """The optimizer step fused with the sum of the slot partials, row by row: slot 0's row
-    receives the other slots' rows (in slot order), then weight decay (weights only), then the
-    rule. No separate gradient array is written; the next step's slots zero their partials.
+    """The optimizer step fused with the sum of the slot partials, row by row (_update_row).
+    No separate gradient array is written; the next step's slots zero their partials.
     prange over weight rows: each thread owns its rows."""
-    use_m = code == 3
-    use_v = code != 0
     for l in range(len(Ws)):
-        W = Ws[l]
-        pW = pWs[l]
-        nslots = pW.shape[0]
-        for k in prange(W.shape[0]):
-            w = W[k]
-            g = pW[0, k]
-            for s in range(1, nslots):
-                gs = pW[s, k]
-                for j in range(g.shape[0]):
-                    g[j] += gs[j]
-            if wd != 0:
-                for j in range(g.shape[0]):
-                    g[j] += wd * w[j]
-            m = mWs[l][k] if use_m else w
-            v = vWs[l][k] if use_v else w
-            _opt_rule(w, g, m, v, code, lr, hp, c1, c2)
-        pb = pbs[l]
-        gb = pb[0]
-        for s in range(1, nslots):
-            for j in range(gb.shape[0]):
-                gb[j] += pb[s, j]
-        b = bs[l]
-        _opt_rule(b, gb, mbs[l] if use_m else b, vbs[l] if use_v else b, code, lr, hp, c1, c2)
+        for k in prange(Ws[l].shape[0]):
+            _update_row(Ws[l], pWs[l], mWs[l], vWs[l], k, code, lr, hp, wd, c1, c2)
+        _update_bias(bs[l], pbs[l], mbs[l], vbs[l], code, lr, hp, c1, c2)
+
+
+# ----------------------------------------------------------------------------------------------
+# the mini-batch step split by pixels: each core keeps its half of the first layer
+
+SPLIT_MAX_BATCH = 512   # mini-batches up to this many rows take the split step
+
+
+def _split_point(params: Params, csr: CSR) -> int:
+    """Half 0 owns first-layer weight rows (pixels) [0, j), half 1 [j, n_in): j is where half of
+    the non-zero pixels of the first (up to) 2,000 rows lie below (so both halves get about the
+    same work), moved to the nearest row that starts on a 64-byte cache line (for a line-aligned
+    array), so that the two halves never write to the same line. For MNIST, j = 406."""
+    n_in, H = params.sizes[0], params.sizes[1]
+    step = 64 // math.gcd(64, H * params.dtype.itemsize)
+    sample = csr.indices[:csr.indptr[min(len(csr), 2000)]]
+    counts = np.cumsum(np.bincount(sample, minlength=n_in))
+    j = int(np.searchsorted(counts, counts[-1] / 2)) if counts[-1] > 0 else n_in // 2
+    return int(min(n_in, step * round(j / step)))
+
+
+def _split_scratch(params: Params, batch: int, csr: CSR):
+    """The split step's arrays, allocated once per epoch: per half, the batch's entries of its
+    pixel range as a CSR (pointers, indices, values) and its partial first-layer product; the
+    batch's first-layer dL/dZ (row-major); the first layer's weight gradient (one slot); a zero
+    bias; the first layer's width (see Width)."""
+    dt = params.dtype
+    n_in, H = params.sizes[0], params.sizes[1]
+    cap = batch * max(1, int(np.diff(csr.indptr).max(initial=0)))
+    return (np.empty((2, batch + 1), np.int64), np.empty((2, cap), np.uint16),
+            np.empty((2, cap), dt), np.empty((2, batch, H), dt), np.empty((batch, H), dt),
+            np.empty((1, n_in, H), dt), np.zeros(H, dt), _first_width(params))
+
+
+def _halves(h, jsplit, n_in):
+    return (0, jsplit) if h == 0 else (jsplit, n_in)
+
+
+@overload(_halves, inline="always")
+def _halves_impl(h, jsplit, n_in):
+    return lambda h, jsplit, n_in: (0, jsplit) if h == 0 else (jsplit, n_in)
+
+
+@njit(parallel=True, **_FAST)
+def _split_forward(W1, indptr, indices, values, lut, rows, shifts, jsplit, sp):
+    """Phase 1 of the split step: half h gathers, for every row of the batch, the non-zero pixels
+    in its own pixel range, and multiplies them by its own rows of W1: sp's zpart[h] receives
+    the partial first-layer products (no bias). W1 rows never leave their core."""
+    hptr, hidx, hval, zpart, dz1, gW1, zero_b, width = sp
+    n = rows.shape[0]
+    for h in prange(2):
+        j0, j1 = _halves(h, jsplit, W1.shape[0])
+        ptr, idx, val, z = hptr[h], hidx[h], hval[h], zpart[h]
+        _gather_block(indptr, indices, values, lut, rows, shifts, 0, n, ptr, idx, val, j0, j1)
+        for t in range(n):
+            _sparse_row_matmul(z[t], W1, zero_b, idx, val, val, ptr[t], ptr[t + 1], width)
+
+
+@njit(parallel=True, **_FAST)
+def _split_dense(Ws, bs, y, rows, inv_n, offs, pWs, pbs, scr, sp):
+    """Phase 2: half h takes half of the batch's rows, block by block: the first layer's output
+    (the two partial products plus the bias), the dense layers, the loss, their backward into
+    slot h of the partials (layers after the first, and every bias), and the first layer's
+    dL/dZ into sp's dz1. Returns the batch's summed cross-entropy (float64)."""
+    hptr, hidx, hval, zpart, dz1, gW1, zero_b, width = sp
+    n = rows.shape[0]
+    L = len(Ws)
+    b1 = bs[0]
+    losses = np.zeros(2)
+    for h in prange(2):
+        for l in range(L):
+            if l > 0:
+                pWs[l][h][:] = 0
+            pbs[l][h][:] = 0
+        AT, dZT, colmax, colsum = scr[1][h], scr[2][h], scr[3][h, 0], scr[3][h, 1]
+        Z0 = AT[offs[0]:offs[1]]
+        r1 = (n * (h + 1)) // 2
+        loss = 0.0
+        for b0 in range((n * h) // 2, r1, BLOCK):
+            nb = min(BLOCK, r1 - b0)
+            for t in range(nb):
+                za = zpart[0, b0 + t]
+                zb = zpart[1, b0 + t]
+                for k in range(Z0.shape[0]):
+                    Z0[k, t] = (za[k] + zb[k]) + b1[k]
+            _block_forward_dense(Ws, bs, nb, offs, AT)
+            loss += _block_softmax_xent(AT[offs[L - 1]:offs[L]], y, rows, b0, nb, inv_n,
+                                        dZT[offs[L - 1]:offs[L]], colmax, colsum)
+            _block_backward_dense(Ws, nb, offs, AT, dZT, pWs, pbs, h, dz1[b0:b0 + nb])
+        losses[h] = loss
+    return losses[0] + losses[1]
+
+
+@njit(parallel=True, **_STRICT)
+def _split_update(Ws, bs, jsplit, n, pWs, pbs, sp, mWs, mbs, vWs, vbs, code, lr, hp, wd, c1, c2):
+    """Phase 3: half h computes the first layer's weight gradient for its own pixel rows (the
+    sparse x.T @ dz over the batch's n rows, in row order) and applies the optimizer step to
+    those rows; half 0 also steps the small layers and every bias from the two slots' partials."""
+    hptr, hidx, hval, zpart, dz1, gW1, zero_b, width = sp
+    W1 = Ws[0]
+    g = gW1[0]
+    for h in prange(2):
+        j0, j1 = _halves(h, jsplit, W1.shape[0])
+        g[j0:j1] = 0
+        ptr, idx, val = hptr[h], hidx[h], hval[h]
+        for t in range(n):
+            _sparse_row_outer(g, idx, val, val, ptr[t], ptr[t + 1], dz1[t], width)
+        for k in range(j0, j1):
+            _update_row(W1, gW1, mWs[0], vWs[0], k, code, lr, hp, wd, c1, c2)
+        if h == 0:
+            for l in range(1, len(Ws)):
+                for k in range(Ws[l].shape[0]):
+                    _update_row(Ws[l], pWs[l], mWs[l], vWs[l], k, code, lr, hp, wd, c1, c2)
+            for l in range(len(Ws)):
+                _update_bias(bs[l], pbs[l], mbs[l], vbs[l], code, lr, hp, c1, c2)
 
 
 @njit(**_STRICT)
@@ -866,6 +1053,23 @@ def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs
         losses[it] = total / (r1 - r0)
         _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lrs[it], hp, wd, c1s[it],
                            c2s[it])
+
+
+@njit(**_FAST)
+def _sgd_loop_split(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs, inv_ns, pWs,
+                    pbs, scr, sp, jsplit, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
+    """The same epoch as _sgd_loop with the split step (three parallel phases per step)."""
+    n = perm.shape[0]
+    for it in range(lrs.shape[0]):
+        r0 = it * batch
+        r1 = min(n, r0 + batch)
+        rows = perm[r0:r1]
+        sh = shifts[r0:r1] if shifts.shape[0] else shifts
+        _split_forward(Ws[0], indptr, indices, values, lut, rows, sh, jsplit, sp)
+        total = _split_dense(Ws, bs, y, rows, inv_ns[it], offs, pWs, pbs, scr, sp)
+        losses[it] = total / (r1 - r0)
+        _split_update(Ws, bs, jsplit, r1 - r0, pWs, pbs, sp, mWs, mbs, vWs, vbs, code, lrs[it],
+                      hp, wd, c1s[it], c2s[it])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1044,10 +1248,17 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
         raise ValueError(f"lrs must hold one learning rate per step ({steps}); got {len(lrs)}")
     sizes = np.minimum(batch_size, n - batch_size * np.arange(steps))
     inv_ns = (1.0 / sizes).astype(params.dtype)
-    ws = _Workspace(params, _nslots(batch_size), csr)
     Ws, bs = _tuples(params)
     losses = np.empty(steps)
+    opt = _opt_args(params, state, optimizer, lrs, t0, **hyper)
+    if batch_size <= SPLIT_MAX_BATCH:
+        ws = _Workspace(params, 2, csr)
+        _sgd_loop_split(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, shifts,
+                        batch_size, ws.offs, inv_ns, ws.pWs, ws.pbs, ws.scr,
+                        _split_scratch(params, batch_size, csr), _split_point(params, csr), *opt,
+                        losses)
+        return losses
+    ws = _Workspace(params, _nslots(batch_size), csr)
     _sgd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, shifts, batch_size,
-              ws.offs, inv_ns, ws.pWs, ws.pbs, ws.scr, *_opt_args(params, state, optimizer, lrs, t0, **hyper),
-              losses)
+              ws.offs, inv_ns, ws.pWs, ws.pbs, ws.scr, *opt, losses)
     return losses

@@ -173,6 +173,31 @@ def test_training_trajectories_match(mnist_train, dtype, optimizer):
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="too slow as plain Python")
+@pytest.mark.parametrize("batch", [1, 100, J.SPLIT_MAX_BATCH, J.SPLIT_MAX_BATCH + 1, 1000])
+def test_sgd_epoch_both_step_kernels_with_shifts(mnist_train, batch):
+    """Mini-batches up to SPLIT_MAX_BATCH rows take the pixel-split step, larger ones the slot
+    step: both must follow the reference, augmentation shifts included (batch 1: one row, so
+    one half of the split step gets no rows at all)."""
+    X, y = mnist_train
+    n = 40 if batch == 1 else 2000
+    X, y = X[:n], y[:n].astype(np.int64)
+    p0 = init_params((784, 72, 36, 10), "he", 11, np.float64)
+    pr, pj = p0.copy(), p0.copy()
+    sr, sj = R.init_state(pr, "nesterov"), R.init_state(pj, "nesterov")
+    rng = np.random.default_rng(5)
+    perm = rng.permutation(n)
+    shifts = rng.integers(-3, 4, size=(n, 2))
+    lrs = np.full(-(-n // batch), 0.05)
+    le_ref = R.sgd_epoch(pr, sr, R.prepare(X, np.float64), y, perm, batch, lrs,
+                         optimizer="nesterov", shifts=shifts, weight_decay=1e-4)
+    le_jit = J.sgd_epoch(pj, sj, J.prepare(X, np.float64), y, perm, batch, lrs,
+                         optimizer="nesterov", shifts=shifts, weight_decay=1e-4)
+    np.testing.assert_allclose(le_jit, le_ref, rtol=1e-9)
+    for a, b in zip(pj.arrays() + sj, pr.arrays() + sr):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="too slow as plain Python")
 def test_same_seed_bitwise_identical_and_thread_independent(mnist_train):
     X, y = mnist_train
     C = J.prepare(X[:20000], np.float32)
