@@ -346,49 +346,58 @@ def _first_width(params: Params):
 
 
 @njit(**_LEAF)
-def _sparse_row_matmul(z, W, b, idx, val, lut, p0, p1, width):
-    """z = x @ W + b for one sparse row x given as (idx[p], val[p]) for p in p0..p1-1.
+def _sparse_matmul(Z, W, b, ptr, idx, val, lut, nrows, width):
+    """Z[t] = x_t @ W + b for the rows t < nrows of a CSR (ptr, idx, val): row t's non-zero
+    inputs are (idx[p], value p) for p in ptr[t]..ptr[t+1]-1. The first layer's forward.
 
     Four rows of W are combined per pass over z: that quarters the loads and stores of z and
     breaks the store-to-load dependency from one entry to the next, which otherwise bounds this
-    loop. ``width`` is W.shape[1], as ``Width`` (a compile-time trip count) or an int.
+    loop. ``width`` is W.shape[1], as ``Width`` (a compile-time trip count) or an int. One call
+    covers many rows, because a call of a Numba function passes every array as seven values.
     """
     H = _width(width)
-    for k in range(H):
-        z[k] = b[k]
-    p = p0
-    while p + 4 <= p1:
-        w0 = W[idx[p]]
-        w1 = W[idx[p + 1]]
-        w2 = W[idx[p + 2]]
-        w3 = W[idx[p + 3]]
-        v0 = _value(val, lut, p)
-        v1 = _value(val, lut, p + 1)
-        v2 = _value(val, lut, p + 2)
-        v3 = _value(val, lut, p + 3)
+    for t in range(nrows):
+        z = Z[t]
         for k in range(H):
-            z[k] += (v0 * w0[k] + v1 * w1[k]) + (v2 * w2[k] + v3 * w3[k])
-        p += 4
-    while p < p1:
-        w0 = W[idx[p]]
-        v0 = _value(val, lut, p)
-        for k in range(H):
-            z[k] += v0 * w0[k]
-        p += 1
+            z[k] = b[k]
+        p = ptr[t]
+        p1 = ptr[t + 1]
+        while p + 4 <= p1:
+            w0 = W[idx[p]]
+            w1 = W[idx[p + 1]]
+            w2 = W[idx[p + 2]]
+            w3 = W[idx[p + 3]]
+            v0 = _value(val, lut, p)
+            v1 = _value(val, lut, p + 1)
+            v2 = _value(val, lut, p + 2)
+            v3 = _value(val, lut, p + 3)
+            for k in range(H):
+                z[k] += (v0 * w0[k] + v1 * w1[k]) + (v2 * w2[k] + v3 * w3[k])
+            p += 4
+        while p < p1:
+            w0 = W[idx[p]]
+            v0 = _value(val, lut, p)
+            for k in range(H):
+                z[k] += v0 * w0[k]
+            p += 1
 
 
 @njit(**_LEAF)
-def _sparse_row_outer(gW, idx, val, lut, p0, p1, d, width):
-    """gW[idx[p], :] += val[p] * d for p in p0..p1-1: this row's x.T @ d, only where x != 0.
-    ``width``: as in _sparse_row_matmul (d's size). One entry per pass: two entries per pass
-    would share the loads of d, but their two gradient rows could overlap as far as the compiler
-    knows (same array), which brings back the run-time overlap checks that noalias removes."""
+def _sparse_outer(gW, ptr, idx, val, lut, nrows, D, width):
+    """gW += X.T @ D for the rows t < nrows of a CSR X, only where X != 0: for each non-zero
+    input (idx[p], v) of row t, gW[idx[p], :] += v * D[t]. The first layer's weight gradient.
+    ``width``: as in _sparse_matmul (D's row size). One entry per pass: two entries per pass
+    would share the loads of D[t], but their two gradient rows could overlap as far as the
+    compiler knows (same array), which brings back the run-time overlap checks that noalias
+    removes."""
     H = _width(width)
-    for p in range(p0, p1):
-        g = gW[idx[p]]
-        v = _value(val, lut, p)
-        for k in range(H):
-            g[k] += v * d[k]
+    for t in range(nrows):
+        d = D[t]
+        for p in range(ptr[t], ptr[t + 1]):
+            g = gW[idx[p]]
+            v = _value(val, lut, p)
+            for k in range(H):
+                g[k] += v * d[k]
 
 
 _AHEAD = 4           # rows ahead for prefetching in _gather_block
@@ -450,9 +459,7 @@ def _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, width):
     (ZT[m, :] += W[k, m] * AT[k, :]), which vectorizes fully whatever the layer widths, and a
     unit that is inactive for the whole block is skipped.
     """
-    for t in range(nb):
-        _sparse_row_matmul(Zrow[t], Ws[0], bs[0], bidx, bval, bval, bptr[t], bptr[t + 1],
-                           width)
+    _sparse_matmul(Zrow, Ws[0], bs[0], bptr, bidx, bval, bval, nb, width)
     Z0 = AT[offs[0]:offs[1]]
     for t in range(nb):
         for k in range(Z0.shape[0]):
@@ -609,8 +616,7 @@ def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s,
     """
     _block_backward_dense(Ws, nb, offs, AT, dZT, pWs, pbs, s, dZrow)
     gW = pWs[0][s]
-    for t in range(nb):
-        _sparse_row_outer(gW, bidx, bval, bval, bptr[t], bptr[t + 1], dZrow[t], width)
+    _sparse_outer(gW, bptr, bidx, bval, bval, nb, dZrow, width)
 
 
 @njit(**_FAST)
@@ -943,8 +949,7 @@ def _split_forward(W1, indptr, indices, values, lut, rows, shifts, jsplit, sp):
         j0, j1 = _halves(h, jsplit, W1.shape[0])
         ptr, idx, val, z = hptr[h], hidx[h], hval[h], zpart[h]
         _gather_block(indptr, indices, values, lut, rows, shifts, 0, n, ptr, idx, val, j0, j1)
-        for t in range(n):
-            _sparse_row_matmul(z[t], W1, zero_b, idx, val, val, ptr[t], ptr[t + 1], width)
+        _sparse_matmul(z, W1, zero_b, ptr, idx, val, val, n, width)
 
 
 @njit(parallel=True, **_FAST)
@@ -994,8 +999,7 @@ def _split_update(Ws, bs, jsplit, n, pWs, pbs, sp, mWs, mbs, vWs, vbs, code, lr,
         j0, j1 = _halves(h, jsplit, W1.shape[0])
         g[j0:j1] = 0
         ptr, idx, val = hptr[h], hidx[h], hval[h]
-        for t in range(n):
-            _sparse_row_outer(g, idx, val, val, ptr[t], ptr[t + 1], dz1[t], width)
+        _sparse_outer(g, ptr, idx, val, val, n, dz1, width)
         for k in range(j0, j1):
             _update_row(W1, gW1, mWs[0], vWs[0], k, code, lr, hp, wd, c1, c2)
         if h == 0:

@@ -71,8 +71,11 @@ def test_twins_real_batches(mnist_train, dtype, n, scheme):
 
 
 @pytest.mark.small
-@pytest.mark.parametrize("sizes", [(784, 32, 10), (784, 48, 24, 12, 10), (784, 100, 50, 10)])
+@pytest.mark.parametrize("sizes", [(784, 32, 10), (784, 48, 24, 12, 10), (784, 72, 25, 10)])
 def test_twins_other_architectures(mnist_train, sizes):
+    """Other depths and widths: a first-layer width other than 72 runs the kernels with a
+    run-time width (jit.CONST_WIDTHS); (784, 72, 25, 10) keeps the compile-time width 72 with
+    another, odd, dense width."""
     X, y = real_batch(mnist_train, 5, np.float64)
     params = init_params(sizes, "he", 4, np.float64)
     compare_all(params, X, y, f"sizes={sizes}")
