@@ -200,6 +200,31 @@ def test_sgd_epoch_both_step_kernels_with_shifts(mnist_train, batch):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
 
 
+@pytest.mark.small
+@pytest.mark.parametrize("split", [True, False])
+def test_small_training_loops_both_step_kernels(mnist_train, monkeypatch, split):
+    """A few full-batch and mini-batch steps on 12 real images, small enough to run the kernel
+    bodies as plain Python (the CI pass with NUMBA_DISABLE_JIT=1): the pixel-split mini-batch
+    step, and the slot step (forced by setting SPLIT_MAX_BATCH to 0)."""
+    if not split:
+        monkeypatch.setattr(J, "SPLIT_MAX_BATCH", 0)
+    X, y = real_batch(mnist_train, 12, np.float64, start=30)
+    p0 = init_params((784, 72, 36, 10), "he", 2, np.float64)
+    pr, pj = p0.copy(), p0.copy()
+    sr, sj = R.init_state(pr, "adam"), R.init_state(pj, "adam")
+    hyper = dict(optimizer="adam", weight_decay=1e-3)
+    lg_ref = R.gd_steps(pr, sr, X, y, [1e-3, 2e-3], **hyper)
+    lg_jit = J.gd_steps(pj, sj, X, y, [1e-3, 2e-3], **hyper)
+    perm = np.random.default_rng(2).permutation(12)
+    shifts = np.random.default_rng(3).integers(-2, 3, size=(12, 2))
+    le_ref = R.sgd_epoch(pr, sr, X, y, perm, 5, [1e-3] * 3, t0=2, shifts=shifts, **hyper)
+    le_jit = J.sgd_epoch(pj, sj, X, y, perm, 5, [1e-3] * 3, t0=2, shifts=shifts, **hyper)
+    np.testing.assert_allclose(lg_jit, lg_ref, rtol=1e-10)
+    np.testing.assert_allclose(le_jit, le_ref, rtol=1e-10)
+    for a, b in zip(pj.arrays() + sj, pr.arrays() + sr):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
+
+
 @pytest.mark.skipif(JIT_DISABLED, reason="too slow as plain Python")
 def test_same_seed_bitwise_identical_and_thread_independent(mnist_train):
     X, y = mnist_train
