@@ -34,8 +34,16 @@ def _module(kind):
     return BACKENDS["numba" if kind.startswith("numba") else "reference"]
 
 
+SETTLE_S = 0.3
+
+
 def _time(benchmark, fn, setup=None, budget=1.0):
-    """Warm up once (compile), then pedantic rounds sized to the budget."""
+    """Pause SETTLE_S, warm up once (compile), then pedantic rounds sized to the budget.
+
+    The pause: after each BLAS call (the reference's, or a reference result computed for a
+    check), OpenBLAS's worker threads keep spinning for about 0.1 s, and on two cores they take
+    half the machine from whatever runs next. Every benchmark gets the same quiet start."""
+    time.sleep(SETTLE_S)
     t = time.perf_counter()
     args = setup()[0] if setup else ()
     fn(*args)

@@ -31,7 +31,17 @@ FLOPS_FORWARD = 118_800
 ROOT = Path(__file__).resolve().parent.parent
 
 
+SETTLE_S = 0.3   # pause before each measurement (see median_time)
+
+
 def median_time(fn, repeats, setup=None):
+    """Median wall time of fn over `repeats` calls, after one untimed call (compilation).
+
+    Starts with a SETTLE_S pause: after each BLAS call, OpenBLAS's worker threads keep spinning
+    for about 0.1 s, and on two cores they take half the machine from whatever runs next
+    (measured: numba's predict on 10,000 images takes 5.7 ms after a pause and 9.8-13.7 ms right
+    after the reference's). Every measurement, reference or numba, gets the same quiet start."""
+    time.sleep(SETTLE_S)
     args = setup() if setup else ()
     fn(*args)                                   # warm-up (and compilation)
     times = []
