@@ -25,12 +25,12 @@ Rows are processed in blocks of ``BLOCK``: the block's rows are gathered into a 
 on the block is kept *feature-major* (one row per unit), so every dense layer, the softmax, the
 loss and every backward product are long vector loops along the block, whatever the layer widths.
 Nothing (n, 72)-sized is ever allocated; each slot's block scratch is allocated once per call
-(``_scratch``), not once per step. The first layer's width is a compile-time constant for the
+(``_alloc_scratch``), not once per step. The first layer's width is a compile-time constant for the
 default architecture (``Width``), so its loops over 72 units compile to exactly nine 8-float
-vector instructions. Where the time goes after that (one thread, 60,000 images, about 130 ms):
-the sparse first layer forward ~40 ms and its gradient scatter ~50 ms (9 million non-zero pixels,
-each one multiply-add of a 72-float weight row, and for the gradient a read-modify-write of one),
-the dense layers ~25 ms, gathering, transposes and softmax the rest. Measured and dropped, each
+vector instructions. Where the time goes after that (one thread, 60,000 images, about 100 ms):
+the sparse first layer forward ~30 ms and its gradient scatter ~35 ms (9 million non-zero
+pixels, each one multiply-add of a 72-float weight row, and for the gradient a read-modify-write
+of one), the dense layers ~20 ms, gathering, transposes and softmax the rest. Measured and dropped, each
 slower or no faster here: a compressed-sparse-*column* pass over each block (reads each weight
 row once per block, but building the transposed index costs what it saves); blocking the first
 layer by ranges of pixels so the weight rows stay in L1 (the bookkeeping costs more than the L2
@@ -685,25 +685,30 @@ def _dense_backward(W, A, dZ, dA, gW, nb):
                 da[t] = 0
 
 
-def _scratch(params: Params, nslots: int, csr: CSR):
-    """Per-slot scratch for the block kernels, allocated once per call (not once per step), in
-    the params' dtype; index [s] is slot s's share. Per slot: the first layer's rows
-    (BLOCK, sizes[1]); the feature-major activations and their gradients (units, BLOCK); the
-    softmax's per-column max and sum (2, BLOCK); the block-local CSR, with room for BLOCK of the
-    densest row (a shifted image never has more non-zero pixels than the original); and last,
-    the first layer's width as a compile-time constant (see Width)."""
-    dt = params.dtype
-    units = int(sum(params.sizes[1:]))
-    cap = BLOCK * max(1, int(np.diff(csr.indptr).max(initial=0)))
-    return (np.empty((nslots, BLOCK, params.sizes[1]), dt), np.empty((nslots, units, BLOCK), dt),
-            np.empty((nslots, units, BLOCK), dt), np.empty((nslots, 2, BLOCK), dt),
-            np.empty((nslots, BLOCK + 1), np.int64), np.empty((nslots, cap), np.uint16),
-            np.empty((nslots, cap), dt), _first_width(params))
+@njit(**_STRICT)
+def _alloc_scratch(Ws, offs, lut, indptr, nslots):
+    """Per-slot scratch for the block kernels, in the working dtype (lut's); index [s] is slot
+    s's share. Allocated once per call of a kernel or a training loop, not once per step. Per
+    slot: the first layer's rows (BLOCK, sizes[1]); the feature-major activations and their
+    gradients (units, BLOCK); the softmax's per-column max and sum (2, BLOCK); the block-local
+    CSR, with room for BLOCK of the densest row (a shifted image never has more non-zero pixels
+    than the original). Allocated in compiled code: a tuple of arrays passed from Python costs
+    a few microseconds per array at every call, which small batches feel."""
+    densest = 1
+    for i in range(indptr.shape[0] - 1):
+        densest = max(densest, indptr[i + 1] - indptr[i])
+    cap = BLOCK * densest
+    dt = lut.dtype
+    units = offs[-1]
+    return (np.empty((nslots, BLOCK, Ws[0].shape[1]), dtype=dt),
+            np.empty((nslots, units, BLOCK), dtype=dt), np.empty((nslots, units, BLOCK), dtype=dt),
+            np.empty((nslots, 2, BLOCK), dtype=dt), np.empty((nslots, BLOCK + 1), dtype=np.int64),
+            np.empty((nslots, cap), dtype=np.uint16), np.empty((nslots, cap), dtype=dt))
 
 
 @njit(**_FAST)
 def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, inv_n, offs, pWs,
-                pbs, scr, s):
+                pbs, scr, s, width):
     """Forward and backward rows[r0:r1], block by block, into slot s of the partials.
     Returns the slot's summed cross-entropy (float64).
 
@@ -721,10 +726,10 @@ def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, i
         nb = min(BLOCK, r1 - b0)
         _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx, bval, 0,
                       Ws[0].shape[0])
-        _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, scr[7])
+        _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, width)
         loss += _block_softmax_xent(AT[offs[L - 1]:offs[L]], y, rows, b0, nb, inv_n,
                                     dZT[offs[L - 1]:offs[L]], colmax, colsum)
-        _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, Zrow, pWs, pbs, s, scr[7])
+        _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, Zrow, pWs, pbs, s, width)
     return loss
 
 
@@ -745,7 +750,8 @@ def _warm_slot(Ws, pWs, pbs, s):
 
 
 @njit(parallel=True, **_FAST)
-def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs, pWs, pbs, scr):
+def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs, pWs, pbs, scr,
+                  width):
     """Gradients of the batch rows (row numbers into the CSR), left as per-slot partials.
 
     pWs[l] has shape (nslots, fan_in, fan_out); each slot zeroes its own first. prange over slots:
@@ -760,21 +766,22 @@ def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, 
         r0 = (n * s) // nslots
         r1 = (n * (s + 1)) // nslots
         losses[s] = _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, inv_n,
-                                offs, pWs, pbs, scr, s)
+                                offs, pWs, pbs, scr, s, width)
     total = 0.0
     for s in range(nslots):
         total += losses[s]
     return total
 
 
-@njit(parallel=True, **_STRICT)
+@njit(**_STRICT)
 def _sum_slots(pWs, pbs, gWs, gbs):
-    """gWs[l] = sum over s of pWs[l][s], in slot order (deterministic); the same for biases."""
+    """gWs[l] = sum over s of pWs[l][s], in slot order (deterministic); the same for biases.
+    Serial: it moves at most a few hundred KB, less than starting a parallel region costs."""
     nslots = pWs[0].shape[0]
     for l in range(len(gWs)):
         gW = gWs[l]
         pW = pWs[l]
-        for k in prange(gW.shape[0]):
+        for k in range(gW.shape[0]):
             for m in range(gW.shape[1]):
                 gW[k, m] = pW[0, k, m]
             for s in range(1, nslots):
@@ -790,38 +797,60 @@ def _sum_slots(pWs, pbs, gWs, gbs):
 
 
 @njit(parallel=True, **_FAST)
-def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba, scr):
+def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba, width):
     """Forward every row. With proba False: outs[l] (n, sizes[l+1]) receives layer l's output
     (logits for the last). With proba True: outs[0] (n, 10) receives the softmax probabilities
     and the hidden layers are not stored. prange over row ranges (each owns its output rows)."""
     n = indptr.shape[0] - 1
-    L = len(Ws)
-    nslots = scr[0].shape[0]
-    rows = np.arange(n)
+    nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
+    scr = _alloc_scratch(Ws, offs, lut, indptr, nslots)
     for s in prange(nslots):
-        Zrow, AT, colmax, colsum = scr[0][s], scr[1][s], scr[3][s, 0], scr[3][s, 1]
-        bptr, bidx, bval = scr[4][s], scr[5][s], scr[6][s]
-        no_shifts = np.zeros((0, 2), dtype=np.int8)
-        r1 = (n * (s + 1)) // nslots
-        for b0 in range((n * s) // nslots, r1, BLOCK):
-            nb = min(BLOCK, r1 - b0)
-            _gather_block(indptr, indices, values, lut, rows, no_shifts, b0, nb, bptr, bidx, bval,
-                          0, Ws[0].shape[0])
-            _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, scr[7])
-            if proba:
-                Z = AT[offs[L - 1]:offs[L]]
-                _block_softmax(Z, nb, Z, colmax, colsum)
-                P = outs[0]
+        _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, width, scr, s,
+                       (n * s) // nslots, (n * (s + 1)) // nslots)
+
+
+@njit(**_FAST)
+def _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, width, scr, s, r0, r1):
+    """_forward_kernel's work on rows r0:r1, with slot s's scratch."""
+    L = len(Ws)
+    Zrow, AT, colmax, colsum = scr[0][s], scr[1][s], scr[3][s, 0], scr[3][s, 1]
+    bptr, bidx, bval = scr[4][s], scr[5][s], scr[6][s]
+    rows = np.arange(r1)             # the identity: row numbers for _gather_block
+    no_shifts = np.zeros((0, 2), dtype=np.int8)
+    for b0 in range(r0, r1, BLOCK):
+        nb = min(BLOCK, r1 - b0)
+        _gather_block(indptr, indices, values, lut, rows, no_shifts, b0, nb, bptr, bidx, bval, 0,
+                      Ws[0].shape[0])
+        _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, width)
+        if proba:
+            Z = AT[offs[L - 1]:offs[L]]
+            _block_softmax(Z, nb, Z, colmax, colsum)
+            P = outs[0]
+            for t in range(nb):
+                for m in range(Z.shape[0]):
+                    P[b0 + t, m] = Z[m, t] / colsum[t]
+        else:
+            for l in range(L):
+                o = outs[l]
+                Z = AT[offs[l]:offs[l + 1]]
                 for t in range(nb):
-                    for m in range(Z.shape[0]):
-                        P[b0 + t, m] = Z[m, t] / colsum[t]
-            else:
-                for l in range(L):
-                    o = outs[l]
-                    Z = AT[offs[l]:offs[l + 1]]
-                    for t in range(nb):
-                        for k in range(o.shape[1]):
-                            o[b0 + t, k] = Z[k, t]
+                    for k in range(o.shape[1]):
+                        o[b0 + t, k] = Z[k, t]
+
+
+@njit(**_FAST)
+def _loss_kernel(Ws, bs, indptr, indices, values, lut, y, shifts, inv_n, offs, pWs, pbs, gWs, gbs,
+                 width):
+    """loss_and_grads in one compiled call: scratch, the slots, their sum into gWs, gbs. Returns
+    the summed cross-entropy (float64). (shifts: the empty array, passed in rather than taken
+    from a global, whose type would be a read-only array, and would compile the whole chain of
+    kernels a second time for it.)"""
+    n = indptr.shape[0] - 1
+    scr = _alloc_scratch(Ws, offs, lut, indptr, pWs[0].shape[0])
+    total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, np.arange(n), shifts,
+                          inv_n, offs, pWs, pbs, scr, width)
+    _sum_slots(pWs, pbs, gWs, gbs)
+    return total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1030,13 +1059,14 @@ def _update_all(Ws, bs, gWs, gbs, mWs, mbs, vWs, vbs, code, lr, hp, wd, c1, c2):
 
 
 @njit(**_FAST)
-def _gd_loop(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs, pWs, pbs, scr,
+def _gd_loop(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs, pWs, pbs, width,
              mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """len(lrs) full-batch steps: gradients of all rows, then the update. losses[i] is step i's
     mean loss, before its update."""
+    scr = _alloc_scratch(Ws, offs, lut, indptr, pWs[0].shape[0])
     for it in range(lrs.shape[0]):
         total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs,
-                              pWs, pbs, scr)
+                              pWs, pbs, scr, width)
         losses[it] = total / rows.shape[0]
         _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lrs[it], hp, wd, c1s[it],
                            c2s[it])
@@ -1044,16 +1074,17 @@ def _gd_loop(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs,
 
 @njit(**_FAST)
 def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs, inv_ns, pWs, pbs,
-              scr, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
+              width, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """One epoch of mini-batch steps over the rows in the order perm (the shuffle is the
     caller's). Step i takes perm[i*batch:(i+1)*batch]; losses[i] is its mean loss."""
+    scr = _alloc_scratch(Ws, offs, lut, indptr, pWs[0].shape[0])
     n = perm.shape[0]
     for it in range(lrs.shape[0]):
         r0 = it * batch
         r1 = min(n, r0 + batch)
         total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, perm[r0:r1],
                               shifts[r0:r1] if shifts.shape[0] else shifts, inv_ns[it],
-                              offs, pWs, pbs, scr)
+                              offs, pWs, pbs, scr, width)
         losses[it] = total / (r1 - r0)
         _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lrs[it], hp, wd, c1s[it],
                            c2s[it])
@@ -1061,8 +1092,9 @@ def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs
 
 @njit(**_FAST)
 def _sgd_loop_split(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs, inv_ns, pWs,
-                    pbs, scr, sp, jsplit, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
+                    pbs, sp, jsplit, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """The same epoch as _sgd_loop with the split step (three parallel phases per step)."""
+    scr = _alloc_scratch(Ws, offs, lut, indptr, 2)
     n = perm.shape[0]
     for it in range(lrs.shape[0]):
         r0 = it * batch
@@ -1101,10 +1133,6 @@ def _nslots(n: int) -> int:
     return int(max(1, min(NSLOTS, n // MIN_SLOT_ROWS)))
 
 
-def _nslots_fwd(n: int) -> int:
-    return int(max(1, min(NSLOTS_FWD, -(-n // BLOCK))))
-
-
 def _offsets(params: Params) -> np.ndarray:
     """Where each layer's output starts in the per-row scratch vector."""
     return np.concatenate([[0], np.cumsum(params.sizes[1:])]).astype(np.int64)
@@ -1113,11 +1141,11 @@ def _offsets(params: Params) -> np.ndarray:
 class _Workspace:
     """Per-slot partial gradients for a given architecture, dtype and slot count."""
 
-    def __init__(self, params: Params, nslots: int, csr: CSR):
+    def __init__(self, params: Params, nslots: int):
         self.pWs = tuple(np.zeros((nslots,) + W.shape, W.dtype) for W in params.weights)
         self.pbs = tuple(np.zeros((nslots,) + b.shape, b.dtype) for b in params.biases)
         self.offs = _offsets(params)
-        self.scr = _scratch(params, nslots, csr)
+        self.width = _first_width(params)
 
 
 def _tuples(params: Params):
@@ -1135,7 +1163,7 @@ def forward(params: Params, X):
     outs = tuple(np.empty((n, m), params.dtype) for m in params.sizes[1:])
     Ws, bs = _tuples(params)
     _forward_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, _offsets(params), outs,
-                    False, _scratch(params, _nslots_fwd(n), csr))
+                    False, _first_width(params))
     return [X] + list(outs)
 
 
@@ -1149,15 +1177,12 @@ def loss_and_grads(params: Params, X, y):
     csr = _as_csr(X, params)
     n = len(csr)
     y = check_y(y, n, params.sizes[-1])
-    ws = _Workspace(params, _nslots(n), csr)
+    ws = _Workspace(params, _nslots(n))
     Ws, bs = _tuples(params)
     grads = params.zeros_like()
     gWs, gbs = _tuples(grads)
-    inv_n = params.dtype.type(1.0 / n)
-    rows = np.arange(n, dtype=np.int64)
-    total = _slots_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y,
-                          rows, _NO_SHIFTS, inv_n, ws.offs, ws.pWs, ws.pbs, ws.scr)
-    _sum_slots(ws.pWs, ws.pbs, gWs, gbs)
+    total = _loss_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, _NO_SHIFTS,
+                         params.dtype.type(1.0 / n), ws.offs, ws.pWs, ws.pbs, gWs, gbs, ws.width)
     return total / n, grads
 
 
@@ -1170,7 +1195,7 @@ def predict_proba(params: Params, X):
     P = np.empty((len(csr), params.sizes[-1]), params.dtype)
     Ws, bs = _tuples(params)
     _forward_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, _offsets(params), (P,),
-                    True, _scratch(params, _nslots_fwd(len(csr)), csr))
+                    True, _first_width(params))
     return P
 
 
@@ -1227,12 +1252,12 @@ def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
     csr = _as_csr(X, params)
     n = len(csr)
     y = check_y(y, n, params.sizes[-1])
-    ws = _Workspace(params, _nslots(n), csr)
+    ws = _Workspace(params, _nslots(n))
     Ws, bs = _tuples(params)
     losses = np.empty(len(lrs))
     rows = np.arange(n, dtype=np.int64)
     _gd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, rows, _NO_SHIFTS,
-             params.dtype.type(1.0 / n), ws.offs, ws.pWs, ws.pbs, ws.scr,
+             params.dtype.type(1.0 / n), ws.offs, ws.pWs, ws.pbs, ws.width,
              *_opt_args(params, state, optimizer, lrs, t0, **hyper), losses)
     return losses
 
@@ -1256,13 +1281,13 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     losses = np.empty(steps)
     opt = _opt_args(params, state, optimizer, lrs, t0, **hyper)
     if batch_size <= SPLIT_MAX_BATCH:
-        ws = _Workspace(params, 2, csr)
+        ws = _Workspace(params, 2)
         _sgd_loop_split(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, shifts,
-                        batch_size, ws.offs, inv_ns, ws.pWs, ws.pbs, ws.scr,
+                        batch_size, ws.offs, inv_ns, ws.pWs, ws.pbs,
                         _split_scratch(params, batch_size, csr), _split_point(params, csr), *opt,
                         losses)
         return losses
-    ws = _Workspace(params, _nslots(batch_size), csr)
+    ws = _Workspace(params, _nslots(batch_size))
     _sgd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, shifts, batch_size,
-              ws.offs, inv_ns, ws.pWs, ws.pbs, ws.scr, *opt, losses)
+              ws.offs, inv_ns, ws.pWs, ws.pbs, ws.width, *opt, losses)
     return losses

@@ -115,14 +115,17 @@ def test_all_zero_batch_gives_bias_only_gradients():
 
 @pytest.mark.skipif(JIT_DISABLED, reason="many examples: too slow as plain Python")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(1, 40), h1=st.integers(1, 40), h2=st.integers(1, 20),
+@given(n=st.integers(1, 40), h1=st.integers(1, 40), h2=st.integers(1, 20), h3=st.integers(1, 12),
        density=st.floats(0, 1), seed=st.integers(0, 2**31 - 1),
        scheme=st.sampled_from(["he", "uniform"]))
-def test_twins_random_inputs(n, h1, h2, density, seed, scheme):
+def test_twins_random_inputs(n, h1, h2, h3, density, seed, scheme):
+    """Random widths, three hidden layers (the depth of test_twins_other_architectures' second
+    case, so the two share compiled kernels: each depth compiles its own)."""
     rng = np.random.default_rng(seed)
     X = rng.random((n, 50)) * (rng.random((n, 50)) < density)
-    params = init_params((50, h1, h2, 10), scheme, seed % 1000, np.float64)
-    compare_all(params, X, rng.integers(0, 10, n), f"random n={n} h=({h1},{h2}) d={density:.2f}")
+    params = init_params((50, h1, h2, h3, 10), scheme, seed % 1000, np.float64)
+    compare_all(params, X, rng.integers(0, 10, n),
+                f"random n={n} h=({h1},{h2},{h3}) d={density:.2f}")
 
 
 @pytest.mark.small
@@ -208,17 +211,18 @@ def test_small_training_loops_both_step_kernels(mnist_train, monkeypatch, split)
     step, and the slot step (forced by setting SPLIT_MAX_BATCH to 0)."""
     if not split:
         monkeypatch.setattr(J, "SPLIT_MAX_BATCH", 0)
-    X, y = real_batch(mnist_train, 12, np.float64, start=30)
+    X8, y = mnist_train[0][30:42], mnist_train[1][30:42]       # uint8, as training passes them
+    Xr, Xj = R.prepare(X8, np.float64), J.prepare(X8, np.float64)
     p0 = init_params((784, 72, 36, 10), "he", 2, np.float64)
     pr, pj = p0.copy(), p0.copy()
     sr, sj = R.init_state(pr, "adam"), R.init_state(pj, "adam")
     hyper = dict(optimizer="adam", weight_decay=1e-3)
-    lg_ref = R.gd_steps(pr, sr, X, y, [1e-3, 2e-3], **hyper)
-    lg_jit = J.gd_steps(pj, sj, X, y, [1e-3, 2e-3], **hyper)
+    lg_ref = R.gd_steps(pr, sr, Xr, y, [1e-3, 2e-3], **hyper)
+    lg_jit = J.gd_steps(pj, sj, Xj, y, [1e-3, 2e-3], **hyper)
     perm = np.random.default_rng(2).permutation(12)
     shifts = np.random.default_rng(3).integers(-2, 3, size=(12, 2))
-    le_ref = R.sgd_epoch(pr, sr, X, y, perm, 5, [1e-3] * 3, t0=2, shifts=shifts, **hyper)
-    le_jit = J.sgd_epoch(pj, sj, X, y, perm, 5, [1e-3] * 3, t0=2, shifts=shifts, **hyper)
+    le_ref = R.sgd_epoch(pr, sr, Xr, y, perm, 5, [1e-3] * 3, t0=2, shifts=shifts, **hyper)
+    le_jit = J.sgd_epoch(pj, sj, Xj, y, perm, 5, [1e-3] * 3, t0=2, shifts=shifts, **hyper)
     np.testing.assert_allclose(lg_jit, lg_ref, rtol=1e-10)
     np.testing.assert_allclose(le_jit, le_ref, rtol=1e-10)
     for a, b in zip(pj.arrays() + sj, pr.arrays() + sr):
