@@ -30,12 +30,14 @@ default architecture (``Width``), so its loops over 72 units compile to exactly 
 vector instructions. Where the time goes after that (one thread, 60,000 images, about 100 ms):
 the sparse first layer forward ~30 ms and its gradient scatter ~35 ms (9 million non-zero
 pixels, each one multiply-add of a 72-float weight row, and for the gradient a read-modify-write
-of one), the dense layers ~20 ms, gathering, transposes and softmax the rest. Measured and dropped, each
-slower or no faster here: a compressed-sparse-*column* pass over each block (reads each weight
-row once per block, but building the transposed index costs what it saves); blocking the first
-layer by ranges of pixels so the weight rows stay in L1 (the bookkeeping costs more than the L2
-reads it saves); row-by-row dense layers (a quarter of the block version's speed); padding the
-hidden width to 80; more entries per pass (8 instead of 4).
+of one), the dense layers ~20 ms, gathering, transposes and softmax the rest. Measured and
+dropped, each slower or no faster here: a compressed-sparse-*column* pass over each block (reads
+each weight row once per block, but building the transposed index costs what it saves);
+blocking the first layer by ranges of pixels so the weight rows stay in L1 (the bookkeeping
+costs more than the L2 reads it saves); row-by-row dense layers (a quarter of the block
+version's speed); padding the hidden width to 80; more entries per pass (8 instead of 4); two
+gradient entries per pass sharing the loads of dz (their rows may overlap as far as LLVM knows,
+which brings back the overlap checks).
 
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
@@ -259,8 +261,9 @@ def _prefetch_intrinsic(typingctx, a, i):
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
         i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32]), "llvm.prefetch.p0")
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # read (0), keep in all cache levels (3), data cache (1)
         builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
     return types.void(a, i), codegen
@@ -765,8 +768,8 @@ def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, 
     for s in prange(nslots):
         r0 = (n * s) // nslots
         r1 = (n * (s + 1)) // nslots
-        losses[s] = _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, inv_n,
-                                offs, pWs, pbs, scr, s, width)
+        losses[s] = _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1,
+                                inv_n, offs, pWs, pbs, scr, s, width)
     total = 0.0
     for s in range(nslots):
         total += losses[s]
