@@ -349,9 +349,10 @@ def _first_width(params: Params):
 
 
 @njit(**_LEAF)
-def _sparse_matmul(Z, W, b, ptr, idx, val, lut, nrows, width):
+def _sparse_matmul(Z, W, b, ptr, idx, val, nrows, width):
     """Z[t] = x_t @ W + b for the rows t < nrows of a CSR (ptr, idx, val): row t's non-zero
-    inputs are (idx[p], value p) for p in ptr[t]..ptr[t+1]-1. The first layer's forward.
+    inputs are (idx[p], val[p]) for p in ptr[t]..ptr[t+1]-1, values in the working dtype (as
+    _gather_block writes them). The first layer's forward.
 
     Four rows of W are combined per pass over z: that quarters the loads and stores of z and
     breaks the store-to-load dependency from one entry to the next, which otherwise bounds this
@@ -370,23 +371,20 @@ def _sparse_matmul(Z, W, b, ptr, idx, val, lut, nrows, width):
             w1 = W[idx[p + 1]]
             w2 = W[idx[p + 2]]
             w3 = W[idx[p + 3]]
-            v0 = _value(val, lut, p)
-            v1 = _value(val, lut, p + 1)
-            v2 = _value(val, lut, p + 2)
-            v3 = _value(val, lut, p + 3)
+            v0, v1, v2, v3 = val[p], val[p + 1], val[p + 2], val[p + 3]
             for k in range(H):
                 z[k] += (v0 * w0[k] + v1 * w1[k]) + (v2 * w2[k] + v3 * w3[k])
             p += 4
         while p < p1:
             w0 = W[idx[p]]
-            v0 = _value(val, lut, p)
+            v0 = val[p]
             for k in range(H):
                 z[k] += v0 * w0[k]
             p += 1
 
 
 @njit(**_LEAF)
-def _sparse_outer(gW, ptr, idx, val, lut, nrows, D, width):
+def _sparse_outer(gW, ptr, idx, val, nrows, D, width):
     """gW += X.T @ D for the rows t < nrows of a CSR X, only where X != 0: for each non-zero
     input (idx[p], v) of row t, gW[idx[p], :] += v * D[t]. The first layer's weight gradient.
     ``width``: as in _sparse_matmul (D's row size). One entry per pass: two entries per pass
@@ -398,7 +396,7 @@ def _sparse_outer(gW, ptr, idx, val, lut, nrows, D, width):
         d = D[t]
         for p in range(ptr[t], ptr[t + 1]):
             g = gW[idx[p]]
-            v = _value(val, lut, p)
+            v = val[p]
             for k in range(H):
                 g[k] += v * d[k]
 
@@ -462,7 +460,7 @@ def _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, width):
     (ZT[m, :] += W[k, m] * AT[k, :]), which vectorizes fully whatever the layer widths, and a
     unit that is inactive for the whole block is skipped.
     """
-    _sparse_matmul(Zrow, Ws[0], bs[0], bptr, bidx, bval, bval, nb, width)
+    _sparse_matmul(Zrow, Ws[0], bs[0], bptr, bidx, bval, nb, width)
     Z0 = AT[offs[0]:offs[1]]
     for t in range(nb):
         for k in range(Z0.shape[0]):
@@ -619,7 +617,7 @@ def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s,
     """
     _block_backward_dense(Ws, nb, offs, AT, dZT, pWs, pbs, s, dZrow)
     gW = pWs[0][s]
-    _sparse_outer(gW, bptr, bidx, bval, bval, nb, dZrow, width)
+    _sparse_outer(gW, bptr, bidx, bval, nb, dZrow, width)
 
 
 @njit(**_FAST)
@@ -689,6 +687,15 @@ def _dense_backward(W, A, dZ, dA, gW, nb):
 
 
 @njit(**_STRICT)
+def _densest_row(indptr):
+    """The most non-zero entries in one row of a CSR (at least 1): room for a block's entries."""
+    densest = 1
+    for i in range(indptr.shape[0] - 1):
+        densest = max(densest, indptr[i + 1] - indptr[i])
+    return densest
+
+
+@njit(**_STRICT)
 def _alloc_scratch(Ws, offs, lut, indptr, nslots):
     """Per-slot scratch for the block kernels, in the working dtype (lut's); index [s] is slot
     s's share. Allocated once per call of a kernel or a training loop, not once per step. Per
@@ -697,10 +704,7 @@ def _alloc_scratch(Ws, offs, lut, indptr, nslots):
     CSR, with room for BLOCK of the densest row (a shifted image never has more non-zero pixels
     than the original). Allocated in compiled code: a tuple of arrays passed from Python costs
     a few microseconds per array at every call, which small batches feel."""
-    densest = 1
-    for i in range(indptr.shape[0] - 1):
-        densest = max(densest, indptr[i + 1] - indptr[i])
-    cap = BLOCK * densest
+    cap = BLOCK * _densest_row(indptr)
     dt = lut.dtype
     units = offs[-1]
     return (np.empty((nslots, BLOCK, Ws[0].shape[1]), dtype=dt),
@@ -807,18 +811,19 @@ def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba, wid
     n = indptr.shape[0] - 1
     nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
     scr = _alloc_scratch(Ws, offs, lut, indptr, nslots)
+    rows = np.arange(n)              # the identity: row numbers for _gather_block
     for s in prange(nslots):
-        _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, width, scr, s,
-                       (n * s) // nslots, (n * (s + 1)) // nslots)
+        _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, width, scr, rows,
+                       s, (n * s) // nslots, (n * (s + 1)) // nslots)
 
 
 @njit(**_FAST)
-def _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, width, scr, s, r0, r1):
+def _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, width, scr, rows, s,
+                   r0, r1):
     """_forward_kernel's work on rows r0:r1, with slot s's scratch."""
     L = len(Ws)
     Zrow, AT, colmax, colsum = scr[0][s], scr[1][s], scr[3][s, 0], scr[3][s, 1]
     bptr, bidx, bval = scr[4][s], scr[5][s], scr[6][s]
-    rows = np.arange(r1)             # the identity: row numbers for _gather_block
     no_shifts = np.zeros((0, 2), dtype=np.int8)
     for b0 in range(r0, r1, BLOCK):
         nb = min(BLOCK, r1 - b0)
@@ -955,19 +960,16 @@ def _split_scratch(params: Params, batch: int, csr: CSR):
     bias; the first layer's width (see Width)."""
     dt = params.dtype
     n_in, H = params.sizes[0], params.sizes[1]
-    cap = batch * max(1, int(np.diff(csr.indptr).max(initial=0)))
+    cap = batch * _densest_row(csr.indptr)
     return (np.empty((2, batch + 1), np.int64), np.empty((2, cap), np.uint16),
             np.empty((2, cap), dt), np.empty((2, batch, H), dt), np.empty((batch, H), dt),
             np.empty((1, n_in, H), dt), np.zeros(H, dt), _first_width(params))
 
 
+@njit(inline="always", **_STRICT)
 def _halves(h, jsplit, n_in):
+    """Half h's range of first-layer weight rows (pixels)."""
     return (0, jsplit) if h == 0 else (jsplit, n_in)
-
-
-@overload(_halves, inline="always")
-def _halves_impl(h, jsplit, n_in):
-    return lambda h, jsplit, n_in: (0, jsplit) if h == 0 else (jsplit, n_in)
 
 
 @njit(parallel=True, **_FAST)
@@ -981,7 +983,7 @@ def _split_forward(W1, indptr, indices, values, lut, rows, shifts, jsplit, sp):
         j0, j1 = _halves(h, jsplit, W1.shape[0])
         ptr, idx, val, z = hptr[h], hidx[h], hval[h], zpart[h]
         _gather_block(indptr, indices, values, lut, rows, shifts, 0, n, ptr, idx, val, j0, j1)
-        _sparse_matmul(z, W1, zero_b, ptr, idx, val, val, n, width)
+        _sparse_matmul(z, W1, zero_b, ptr, idx, val, n, width)
 
 
 @njit(parallel=True, **_FAST)
@@ -1031,7 +1033,7 @@ def _split_update(Ws, bs, jsplit, n, pWs, pbs, sp, mWs, mbs, vWs, vbs, code, lr,
         j0, j1 = _halves(h, jsplit, W1.shape[0])
         g[j0:j1] = 0
         ptr, idx, val = hptr[h], hidx[h], hval[h]
-        _sparse_outer(g, ptr, idx, val, val, n, dz1, width)
+        _sparse_outer(g, ptr, idx, val, n, dz1, width)
         for k in range(j0, j1):
             _update_row(W1, gW1, mWs[0], vWs[0], k, code, lr, hp, wd, c1, c2)
         if h == 0:
