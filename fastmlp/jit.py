@@ -20,24 +20,35 @@ facts let the kernels do less arithmetic, exactly:
 2. **ReLU makes zeros.** A hidden unit that is inactive for a whole block of rows is skipped in
    the forward product and in the weight gradient.
 
-Rows are processed in blocks of ``BLOCK``: the block's rows are gathered into a block-local CSR
-(applying augmentation shifts on the way), the sparse first layer runs row by row, and from then
-on the block is kept *feature-major* (one row per unit), so every dense layer, the softmax, the
-loss and every backward product are long vector loops along the block, whatever the layer widths.
-Nothing (n, 72)-sized is ever allocated; each slot's block scratch is allocated once per call
-(``_alloc_scratch``), not once per step. The first layer's width is a compile-time constant for the
-default architecture (``Width``), so its loops over 72 units compile to exactly nine 8-float
-vector instructions. Where the time goes after that (one thread, 60,000 images, about 100 ms):
-the sparse first layer forward ~30 ms and its gradient scatter ~35 ms (9 million non-zero
-pixels, each one multiply-add of a 72-float weight row, and for the gradient a read-modify-write
-of one), the dense layers ~20 ms, gathering, transposes and softmax the rest. Measured and
-dropped, each slower or no faster here: a compressed-sparse-*column* pass over each block (reads
-each weight row once per block, but building the transposed index costs what it saves);
-blocking the first layer by ranges of pixels so the weight rows stay in L1 (the bookkeeping
-costs more than the L2 reads it saves); row-by-row dense layers (a quarter of the block
-version's speed); padding the hidden width to 80; more entries per pass (8 instead of 4); two
-gradient entries per pass sharing the loads of dz (their rows may overlap as far as LLVM knows,
-which brings back the overlap checks).
+Rows are processed in blocks of ``BLOCK``. A block's rows are read from the CSR where they lie
+(``_block_entries`` only notes where each row's entries start and end; with augmentation shifts
+it writes the shifted images into a block-local CSR), the sparse first layer runs row by row, and
+from then on the block is kept *feature-major* (one row per unit), so every dense layer, the
+softmax, the loss and every backward product are long vector loops along the block, whatever the
+layer widths. Nothing (n, 72)-sized is ever allocated; each slot's block scratch is allocated
+once per call (``_alloc_scratch``), not once per step.
+
+The sparse first layer is where the time goes, so for the default architecture it is written
+below the level of Numba: the width is a compile-time constant (``Width``) and each sparse row
+is a loop generated in LLVM IR (``_ir_row_loop``) whose 72-float accumulator is nine vector
+registers for the whole row: per non-zero pixel, one broadcast and nine fused multiply-adds
+with the weight row, nothing stored until the row ends (Numba arrays live in memory, so the
+same loop in Numba loads and stores the accumulator at every entry; the IR loop does the same
+multiply-adds in the same order, so results are bitwise those of the Numba loops, which still
+serve other widths and run without the JIT). The gradient's loop is the same with the roles
+turned: dz in registers, each weight-gradient row read, updated and stored once per entry.
+Where the time goes then (one thread, all 60,000 images, about 90 ms for loss_and_grads): the
+sparse forward ~25 ms and the gradient scatter ~30 ms (9 million non-zero pixels, each a
+multiply-add of a 72-float row that comes from L2, and for the gradient a read-modify-write of
+one), the dense layers ~20 ms, transposes and softmax the rest. Measured and dropped, each
+slower or no faster here: a compressed-sparse-*column* pass over each block (reads each weight
+row once per block, but building the transposed index costs what it saves); blocking the first
+layer by ranges of pixels so the weight rows stay in L1 (the bookkeeping costs more than the L2
+reads it saves); row-by-row dense layers (a quarter of the block version's speed); padding the
+hidden width to 80; more entries per pass (8 instead of 4); two gradient entries per pass
+sharing the loads of dz (their rows may overlap as far as LLVM knows, which brings back the
+overlap checks); two accumulators per row in the IR loop; copying each block's entries into a
+block-local CSR in the working dtype (the copy cost as much as the multiply-adds it fed).
 
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
@@ -348,57 +359,176 @@ def _first_width(params: Params):
     return Width(h) if h in CONST_WIDTHS else int(h)
 
 
-@njit(**_LEAF)
-def _sparse_matmul(Z, W, b, ptr, idx, val, nrows, width):
-    """Z[t] = x_t @ W + b for the rows t < nrows of a CSR (ptr, idx, val): row t's non-zero
-    inputs are (idx[p], val[p]) for p in ptr[t]..ptr[t+1]-1, values in the working dtype (as
-    _gather_block writes them). The first layer's forward.
+# The sparse first layer. For a constant width (Width) each row is one LLVM-IR loop written out
+# below (_row_ir), whose accumulator lives in vector registers for the whole row; any other width
+# runs the plain Numba loops, which are also what runs without the JIT.
 
-    Four rows of W are combined per pass over z: that quarters the loads and stores of z and
-    breaks the store-to-load dependency from one entry to the next, which otherwise bounds this
-    loop. ``width`` is W.shape[1], as ``Width`` (a compile-time trip count) or an int. One call
-    covers many rows, because a call of a Numba function passes every array as seven values.
-    """
+
+def _ir_row_loop(context, builder, sig, args, outer):
+    """LLVM IR for one sparse row at a constant width H = sig.args[-1].n, in vector chunks of 32
+    bytes (8 float32 or 4 float64: a ymm register each, so the accumulator of H = 72 float32 is
+    nine registers). Arguments (z, W, b_or_d, idx, val, lut, p0, p1, width), all arrays C-contiguous.
+
+    outer=False (forward): acc = b; for p in [p0, p1): acc += x_p * W[idx[p]]; z[:] = acc.
+    outer=True (gradient): d = b_or_d; for p in [p0, p1): W[idx[p]] += x_p * d (z unused).
+    x_p is lut[val[p]] for integer val, else val[p]. Each multiply-add is llvm.fmuladd, in entry
+    order, exactly the arithmetic of the Numba loops (one rounding per fused multiply-add)."""
+    H = sig.args[-1].n
+    arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:6], args[:6])]
+    za, Wa, ba, ia, va, la = arrs
+    dtype = sig.args[1].dtype
+    bits = dtype.bitwidth
+    ft = context.get_value_type(dtype)
+    i64 = ir.IntType(64)
+    align = bits // 8
+    c = 256 // bits
+    chunks = [(k, min(c, H - k)) for k in range(0, H, c)]
+
+    def vptr(ptr, k, n):
+        return builder.bitcast(builder.gep(ptr, [ir.Constant(i64, k)]), ir.VectorType(ft, n).as_pointer())
+
+    def fmuladd(x, y, acc):
+        vt = x.type
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
+                                            f"llvm.fmuladd.v{vt.count}f{bits}")
+        return builder.call(fn, [x, y, acc])
+
+    def splat(v, n):
+        vt = ir.VectorType(ft, n)
+        und = ir.Constant(vt, ir.Undefined)
+        x = builder.insert_element(und, v, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(x, und, ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
+
+    fixed = [builder.load(vptr(ba.data, k, n), align=align) for k, n in chunks]   # b or d
+    entry = builder.basic_block
+    head = builder.append_basic_block("row.head")
+    body = builder.append_basic_block("row.body")
+    done = builder.append_basic_block("row.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    p = builder.phi(i64)
+    p.add_incoming(args[6], entry)
+    accs = []
+    if not outer:
+        accs = [builder.phi(ir.VectorType(ft, n)) for _, n in chunks]
+        for a, a0 in zip(accs, fixed):
+            a.add_incoming(a0, entry)
+    builder.cbranch(builder.icmp_signed("<", p, args[7]), body, done)
+    builder.position_at_end(body)
+    j = builder.zext(builder.load(builder.gep(ia.data, [p])), i64)
+    x = builder.load(builder.gep(va.data, [p]))
+    if isinstance(sig.args[4].dtype, types.Integer):
+        x = builder.load(builder.gep(la.data, [builder.zext(x, i64)]))
+    wrow = builder.gep(Wa.data, [builder.mul(j, ir.Constant(i64, H))])
+    new = []
+    for (k, n), f, a in zip(chunks, fixed, accs or fixed):
+        w = builder.load(vptr(wrow, k, n), align=align)
+        if outer:
+            builder.store(fmuladd(splat(x, n), f, w), vptr(wrow, k, n), align=align)
+        else:
+            new.append(fmuladd(splat(x, n), w, a))
+    end = builder.basic_block
+    p.add_incoming(builder.add(p, ir.Constant(i64, 1)), end)
+    for a, na in zip(accs, new):
+        a.add_incoming(na, end)
+    builder.branch(head)
+    builder.position_at_end(done)
+    for (k, n), a in zip(chunks, accs):
+        builder.store(a, vptr(za.data, k, n), align=align)
+    return context.get_dummy_value()
+
+
+def _row_signature(z, W, b, idx, val, lut, p0, p1, width):
+    for a in (z, W, b, idx, val, lut):
+        if not (isinstance(a, types.Array) and a.layout == "C"):
+            raise numba.core.errors.TypingError(f"_row_ir needs C-contiguous arrays; got {a}")
+    return types.void(z, W, b, idx, val, lut, types.int64, types.int64, width)
+
+
+@intrinsic
+def _row_ir_forward(typingctx, z, W, b, idx, val, lut, p0, p1, width):
+    return _row_signature(z, W, b, idx, val, lut, p0, p1, width), (
+        lambda context, builder, sig, args: _ir_row_loop(context, builder, sig, args, False))
+
+
+@intrinsic
+def _row_ir_outer(typingctx, z, W, d, idx, val, lut, p0, p1, width):
+    return _row_signature(z, W, d, idx, val, lut, p0, p1, width), (
+        lambda context, builder, sig, args: _ir_row_loop(context, builder, sig, args, True))
+
+
+def _sparse_row(z, W, b, idx, val, lut, p0, p1, width):
+    """z = x @ W + b for one sparse row x: its non-zero inputs are (idx[p], _value(val, lut, p))
+    for p0 <= p < p1. ``width`` is W.shape[1], as ``Width`` (a compile-time trip count) or an int.
+
+    This body serves any width; it combines four rows of W per pass over z, which quarters the
+    loads and stores of z and breaks the store-to-load dependency from one entry to the next.
+    For a Width, compiled code runs _ir_row_loop instead (the accumulator in registers)."""
     H = _width(width)
-    for t in range(nrows):
-        z = Z[t]
+    for k in range(H):
+        z[k] = b[k]
+    p = p0
+    while p + 4 <= p1:
+        w0 = W[idx[p]]
+        w1 = W[idx[p + 1]]
+        w2 = W[idx[p + 2]]
+        w3 = W[idx[p + 3]]
+        v0, v1 = _value(val, lut, p), _value(val, lut, p + 1)
+        v2, v3 = _value(val, lut, p + 2), _value(val, lut, p + 3)
         for k in range(H):
-            z[k] = b[k]
-        p = ptr[t]
-        p1 = ptr[t + 1]
-        while p + 4 <= p1:
-            w0 = W[idx[p]]
-            w1 = W[idx[p + 1]]
-            w2 = W[idx[p + 2]]
-            w3 = W[idx[p + 3]]
-            v0, v1, v2, v3 = val[p], val[p + 1], val[p + 2], val[p + 3]
-            for k in range(H):
-                z[k] += (v0 * w0[k] + v1 * w1[k]) + (v2 * w2[k] + v3 * w3[k])
-            p += 4
-        while p < p1:
-            w0 = W[idx[p]]
-            v0 = val[p]
-            for k in range(H):
-                z[k] += v0 * w0[k]
-            p += 1
+            z[k] += (v0 * w0[k] + v1 * w1[k]) + (v2 * w2[k] + v3 * w3[k])
+        p += 4
+    while p < p1:
+        w0 = W[idx[p]]
+        v0 = _value(val, lut, p)
+        for k in range(H):
+            z[k] += v0 * w0[k]
+        p += 1
+
+
+def _sparse_row_outer(gW, d, idx, val, lut, p0, p1, width):
+    """gW[idx[p], :] += _value(val, lut, p) * d for p0 <= p < p1: one sparse row's share of the
+    first layer's weight gradient x.T @ d. ``width``: as in _sparse_row (d's size)."""
+    H = _width(width)
+    for p in range(p0, p1):
+        g = gW[idx[p]]
+        v = _value(val, lut, p)
+        for k in range(H):
+            g[k] += v * d[k]
+
+
+@overload(_sparse_row, jit_options=dict(_FAST, inline="always"))
+def _sparse_row_impl(z, W, b, idx, val, lut, p0, p1, width):
+    if isinstance(width, _WidthType):
+        return lambda z, W, b, idx, val, lut, p0, p1, width: _row_ir_forward(
+            z, W, b, idx, val, lut, p0, p1, width)
+    return _sparse_row
+
+
+@overload(_sparse_row_outer, jit_options=dict(_FAST, inline="always"))
+def _sparse_row_outer_impl(gW, d, idx, val, lut, p0, p1, width):
+    if isinstance(width, _WidthType):
+        return lambda gW, d, idx, val, lut, p0, p1, width: _row_ir_outer(
+            d, gW, d, idx, val, lut, p0, p1, width)
+    return _sparse_row_outer
 
 
 @njit(**_LEAF)
-def _sparse_outer(gW, ptr, idx, val, nrows, D, width):
-    """gW += X.T @ D for the rows t < nrows of a CSR X, only where X != 0: for each non-zero
-    input (idx[p], v) of row t, gW[idx[p], :] += v * D[t]. The first layer's weight gradient.
-    ``width``: as in _sparse_matmul (D's row size). One entry per pass: two entries per pass
-    would share the loads of D[t], but their two gradient rows could overlap as far as the
-    compiler knows (same array), which brings back the run-time overlap checks that noalias
-    removes."""
-    H = _width(width)
+def _sparse_matmul(Z, W, b, rng, idx, val, lut, nrows, width):
+    """Z[t] = x_t @ W + b for the rows t < nrows of a sparse block: row t's non-zero inputs are
+    (idx[p], _value(val, lut, p)) for p in rng[0, t]..rng[1, t]-1 (see _block_entries). The
+    first layer's forward. One call covers many rows, because a call of a Numba function passes
+    every array as seven values."""
     for t in range(nrows):
-        d = D[t]
-        for p in range(ptr[t], ptr[t + 1]):
-            g = gW[idx[p]]
-            v = val[p]
-            for k in range(H):
-                g[k] += v * d[k]
+        _sparse_row(Z[t], W, b, idx, val, lut, rng[0, t], rng[1, t], width)
+
+
+@njit(**_LEAF)
+def _sparse_outer(gW, rng, idx, val, lut, nrows, D, width):
+    """gW += X.T @ D for the rows t < nrows of a sparse block X (as in _sparse_matmul), only
+    where X != 0. The first layer's weight gradient."""
+    for t in range(nrows):
+        _sparse_row_outer(gW, D[t], idx, val, lut, rng[0, t], rng[1, t], width)
 
 
 _AHEAD = 4           # rows ahead for prefetching in _gather_block
@@ -406,52 +536,74 @@ BLOCK = 128          # rows per block: the block's activations stay in L2
 
 
 @njit(**_FAST)
-def _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx, bval, j0, j1):
-    """Copy the rows rows[b0:b0+nb] of the CSR batch into a block-local CSR (bptr, bidx, bval)
-    with the values in the working dtype: the block's inputs are then read from L1/L2 by both
-    the forward and the backward pass, wherever the rows lie in the dataset. Only the columns
-    j0 <= j < j1 are kept (all of them with 0, n_cols; a pixel range in the split step).
+def _block_entries(indptr, indices, values, starts, ends, rows, shifts, b0, nb, rng, bidx, bval,
+                   j0, j1):
+    """Find the non-zero inputs of the block rows rows[b0:b0+nb] in the columns j0 <= j < j1
+    (all of them with 0, n_cols; a pixel range in the split step). Returns arrays (idx, val)
+    and fills rng (2, >= nb): row t's entries are idx[p], val[p] for rng[0, t] <= p < rng[1, t].
 
-    With shifts (an (n, 2) int8 array aligned with rows; empty for none), the image of row
+    Without shifts nothing is copied: (idx, val) are the CSR's own arrays, and row i's entries
+    in the column range are starts[i]:ends[i] (indptr[:-1] and indptr[1:] for all columns; for a
+    pixel range, the ends of one run, since a row's columns are sorted: see _row_cuts). With
+    shifts (an (n, 2) int8 array aligned with rows; empty for none), the image of row
     rows[b0 + t] is moved by shifts[b0 + t] = (dy, dx) pixels, filling with zeros: pixel (r, c)
     goes to (r + dy, c + dx) and pixels that leave the 28x28 frame are dropped (augmentation).
+    The moved entries are written to the block-local bidx, bval (columns still sorted), which
+    are returned.
     """
-    q = 0
     has_shift = shifts.shape[0] > 0
+    q = 0
     for t in range(nb):
-        if t + 2 * _AHEAD < nb:            # rows lie anywhere in the dataset: ask for the memory
-            _prefetch(indptr, rows[b0 + t + 2 * _AHEAD])        # of later rows early, so the
-        if t + _AHEAD < nb:                                     # cache misses overlap
-            ahead = indptr[rows[b0 + t + _AHEAD]]
-            _prefetch(indices, ahead)
-            _prefetch(values, ahead)
-        bptr[t] = q
+        if t + _AHEAD < nb:            # rows lie anywhere in the dataset: ask for the memory of
+            ahead = rows[b0 + t + _AHEAD]                   # a later row early, so that cache
+            for p in range(starts[ahead], ends[ahead], 32):  # misses overlap
+                _prefetch(indices, p)
+            for p in range(starts[ahead], ends[ahead], 64):
+                _prefetch(values, p)
         i = rows[b0 + t]
-        dy = shifts[b0 + t, 0] if has_shift else 0
-        dx = shifts[b0 + t, 1] if has_shift else 0
-        if dy == 0 and dx == 0:
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                if j0 <= j < j1:
-                    bidx[q] = j
-                    bval[q] = _value(values, lut, p)
-                    q += 1
-        else:
-            for p in range(indptr[i], indptr[i + 1]):
-                j = np.int64(indices[p])
-                r = j // 28 + dy
-                c = j % 28 + dx
-                j = r * 28 + c
-                if 0 <= r < 28 and 0 <= c < 28 and j0 <= j < j1:
-                    bidx[q] = j
-                    bval[q] = _value(values, lut, p)
-                    q += 1
-    bptr[nb] = q
+        if not has_shift:
+            rng[0, t] = starts[i]
+            rng[1, t] = ends[i]
+            continue
+        dy = np.int64(shifts[b0 + t, 0])
+        dx = np.int64(shifts[b0 + t, 1])
+        rng[0, t] = q
+        for p in range(indptr[i], indptr[i + 1]):
+            j = np.int64(indices[p])
+            r = j // 28 + dy
+            c = j % 28 + dx
+            j = r * 28 + c
+            if 0 <= r < 28 and 0 <= c < 28 and j0 <= j < j1:
+                bidx[q] = j
+                bval[q] = values[p]
+                q += 1
+        rng[1, t] = q
+    if has_shift:
+        return bidx, bval
+    return indices, values
+
+
+@njit(parallel=True, **_STRICT)
+def _row_cuts(indptr, indices, j):
+    """For each row i, the first entry whose column is >= j (a row's columns are sorted)."""
+    n = indptr.shape[0] - 1
+    cut = np.empty(n, dtype=np.int64)
+    for i in prange(n):
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if indices[mid] < j:
+                lo = mid + 1
+            else:
+                hi = mid
+        cut[i] = lo
+    return cut
 
 
 @njit(**_FAST)
-def _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, width):
-    """Forward one block (its inputs gathered by _gather_block) through the network.
+def _block_forward(Ws, bs, rng, idx, val, lut, nb, offs, Zrow, AT, width):
+    """Forward one block (its inputs found by _block_entries) through the network.
 
     Zrow (BLOCK, sizes[1]) is scratch for the sparse first layer, computed row by row. After it,
     the block is kept *feature-major*: AT[offs[l]:offs[l+1], :nb] holds layer l's output for the
@@ -460,7 +612,7 @@ def _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, width):
     (ZT[m, :] += W[k, m] * AT[k, :]), which vectorizes fully whatever the layer widths, and a
     unit that is inactive for the whole block is skipped.
     """
-    _sparse_matmul(Zrow, Ws[0], bs[0], bptr, bidx, bval, nb, width)
+    _sparse_matmul(Zrow, Ws[0], bs[0], rng, idx, val, lut, nb, width)
     Z0 = AT[offs[0]:offs[1]]
     for t in range(nb):
         for k in range(Z0.shape[0]):
@@ -605,7 +757,7 @@ def _add_row_sums(gb, dZ, nb):
 
 
 @njit(**_FAST)
-def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s, width):
+def _block_backward(Ws, rng, idx, val, lut, nb, offs, AT, dZT, dZrow, pWs, pbs, s, width):
     """Add the block's gradients into slot s of the partials, from dZT (the output layer's
     dL/dZ, feature-major) down to the first layer. Layers in reverse order of the forward pass:
 
@@ -617,7 +769,7 @@ def _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, dZrow, pWs, pbs, s,
     """
     _block_backward_dense(Ws, nb, offs, AT, dZT, pWs, pbs, s, dZrow)
     gW = pWs[0][s]
-    _sparse_outer(gW, bptr, bidx, bval, nb, dZrow, width)
+    _sparse_outer(gW, rng, idx, val, lut, nb, dZrow, width)
 
 
 @njit(**_FAST)
@@ -696,7 +848,7 @@ def _densest_row(indptr):
 
 
 @njit(**_STRICT)
-def _alloc_scratch(Ws, offs, lut, indptr, nslots):
+def _alloc_scratch(Ws, offs, lut, indptr, values, nslots):
     """Per-slot scratch for the block kernels, in the working dtype (lut's); index [s] is slot
     s's share. Allocated once per call of a kernel or a training loop, not once per step. Per
     slot: the first layer's rows (BLOCK, sizes[1]); the feature-major activations and their
@@ -709,8 +861,8 @@ def _alloc_scratch(Ws, offs, lut, indptr, nslots):
     units = offs[-1]
     return (np.empty((nslots, BLOCK, Ws[0].shape[1]), dtype=dt),
             np.empty((nslots, units, BLOCK), dtype=dt), np.empty((nslots, units, BLOCK), dtype=dt),
-            np.empty((nslots, 2, BLOCK), dtype=dt), np.empty((nslots, BLOCK + 1), dtype=np.int64),
-            np.empty((nslots, cap), dtype=np.uint16), np.empty((nslots, cap), dtype=dt))
+            np.empty((nslots, 2, BLOCK), dtype=dt), np.empty((nslots, 2, BLOCK), dtype=np.int64),
+            np.empty((nslots, cap), dtype=np.uint16), np.empty((nslots, cap), dtype=values.dtype))
 
 
 @njit(**_FAST)
@@ -726,17 +878,17 @@ def _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1, i
     """
     touched = _warm_slot(Ws, pWs, pbs, s)
     Zrow, AT, dZT, colmax, colsum = scr[0][s], scr[1][s], scr[2][s], scr[3][s, 0], scr[3][s, 1]
-    bptr, bidx, bval = scr[4][s], scr[5][s], scr[6][s]
+    rng, bidx, bval = scr[4][s], scr[5][s], scr[6][s]
     L = len(Ws)
     loss = 0.0 * touched
     for b0 in range(r0, r1, BLOCK):
         nb = min(BLOCK, r1 - b0)
-        _gather_block(indptr, indices, values, lut, rows, shifts, b0, nb, bptr, bidx, bval, 0,
-                      Ws[0].shape[0])
-        _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, width)
+        idx, val = _block_entries(indptr, indices, values, indptr[:-1], indptr[1:], rows, shifts,
+                                  b0, nb, rng, bidx, bval, 0, Ws[0].shape[0])
+        _block_forward(Ws, bs, rng, idx, val, lut, nb, offs, Zrow, AT, width)
         loss += _block_softmax_xent(AT[offs[L - 1]:offs[L]], y, rows, b0, nb, inv_n,
                                     dZT[offs[L - 1]:offs[L]], colmax, colsum)
-        _block_backward(Ws, bptr, bidx, bval, nb, offs, AT, dZT, Zrow, pWs, pbs, s, width)
+        _block_backward(Ws, rng, idx, val, lut, nb, offs, AT, dZT, Zrow, pWs, pbs, s, width)
     return loss
 
 
@@ -810,8 +962,8 @@ def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba, wid
     and the hidden layers are not stored. prange over row ranges (each owns its output rows)."""
     n = indptr.shape[0] - 1
     nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
-    scr = _alloc_scratch(Ws, offs, lut, indptr, nslots)
-    rows = np.arange(n)              # the identity: row numbers for _gather_block
+    scr = _alloc_scratch(Ws, offs, lut, indptr, values, nslots)
+    rows = np.arange(n)              # the identity: row numbers for _block_entries
     for s in prange(nslots):
         _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, width, scr, rows,
                        s, (n * s) // nslots, (n * (s + 1)) // nslots)
@@ -823,13 +975,13 @@ def _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, widt
     """_forward_kernel's work on rows r0:r1, with slot s's scratch."""
     L = len(Ws)
     Zrow, AT, colmax, colsum = scr[0][s], scr[1][s], scr[3][s, 0], scr[3][s, 1]
-    bptr, bidx, bval = scr[4][s], scr[5][s], scr[6][s]
+    rng, bidx, bval = scr[4][s], scr[5][s], scr[6][s]
     no_shifts = np.zeros((0, 2), dtype=np.int8)
     for b0 in range(r0, r1, BLOCK):
         nb = min(BLOCK, r1 - b0)
-        _gather_block(indptr, indices, values, lut, rows, no_shifts, b0, nb, bptr, bidx, bval, 0,
-                      Ws[0].shape[0])
-        _block_forward(Ws, bs, bptr, bidx, bval, nb, offs, Zrow, AT, width)
+        idx, val = _block_entries(indptr, indices, values, indptr[:-1], indptr[1:], rows,
+                                  no_shifts, b0, nb, rng, bidx, bval, 0, Ws[0].shape[0])
+        _block_forward(Ws, bs, rng, idx, val, lut, nb, offs, Zrow, AT, width)
         if proba:
             Z = AT[offs[L - 1]:offs[L]]
             _block_softmax(Z, nb, Z, colmax, colsum)
@@ -854,7 +1006,7 @@ def _loss_kernel(Ws, bs, indptr, indices, values, lut, y, shifts, inv_n, offs, p
     from a global, whose type would be a read-only array, and would compile the whole chain of
     kernels a second time for it.)"""
     n = indptr.shape[0] - 1
-    scr = _alloc_scratch(Ws, offs, lut, indptr, pWs[0].shape[0])
+    scr = _alloc_scratch(Ws, offs, lut, indptr, values, pWs[0].shape[0])
     total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, np.arange(n), shifts,
                           inv_n, offs, pWs, pbs, scr, width)
     _sum_slots(pWs, pbs, gWs, gbs)
@@ -896,20 +1048,21 @@ def _opt_rule(w, g, m, v, code, lr, hp, c1, c2):
 
 
 @njit(inline="always", **_STRICT)
-def _update_row(W, pW, mW, vW, k, code, lr, hp, wd, c1, c2):
-    """Row k of the optimizer step: the slots' partial rows pW[:, k] summed in slot order into
-    slot 0's row (the gradient), weight decay, then the rule. m, v state rows as the rule needs."""
-    w = W[k]
-    g = pW[0, k]
+def _update_rows(W, pW, mW, vW, k0, k1, code, lr, hp, wd, c1, c2):
+    """Rows k0:k1 of the optimizer step, as one flat run of numbers (the rows are contiguous):
+    the slots' partials pW[:, k0:k1] summed in slot order into slot 0's (the gradient), weight
+    decay, then the rule. m, v state rows as the rule needs."""
+    w = W[k0:k1].reshape(-1)
+    g = pW[0, k0:k1].reshape(-1)
     for s in range(1, pW.shape[0]):
-        gs = pW[s, k]
+        gs = pW[s, k0:k1].reshape(-1)
         for j in range(g.shape[0]):
             g[j] += gs[j]
     if wd != 0:
         for j in range(g.shape[0]):
             g[j] += wd * w[j]
-    m = mW[k] if code == 3 else w
-    v = vW[k] if code != 0 else w
+    m = mW[k0:k1].reshape(-1) if code == 3 else w
+    v = vW[k0:k1].reshape(-1) if code != 0 else w
     _opt_rule(w, g, m, v, code, lr, hp, c1, c2)
 
 
@@ -925,12 +1078,12 @@ def _update_bias(b, pb, mb, vb, code, lr, hp, c1, c2):
 
 @njit(parallel=True, **_STRICT)
 def _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lr, hp, wd, c1, c2):
-    """The optimizer step fused with the sum of the slot partials, row by row (_update_row).
+    """The optimizer step fused with the sum of the slot partials, row by row (_update_rows).
     No separate gradient array is written; the next step's slots zero their partials.
     prange over weight rows: each thread owns its rows."""
     for l in range(len(Ws)):
         for k in prange(Ws[l].shape[0]):
-            _update_row(Ws[l], pWs[l], mWs[l], vWs[l], k, code, lr, hp, wd, c1, c2)
+            _update_rows(Ws[l], pWs[l], mWs[l], vWs[l], k, k + 1, code, lr, hp, wd, c1, c2)
         _update_bias(bs[l], pbs[l], mbs[l], vbs[l], code, lr, hp, c1, c2)
 
 
@@ -953,17 +1106,21 @@ def _split_point(params: Params, csr: CSR) -> int:
     return int(min(n_in, step * round(j / step)))
 
 
-def _split_scratch(params: Params, batch: int, csr: CSR):
-    """The split step's arrays, allocated once per epoch: per half, the batch's entries of its
-    pixel range as a CSR (pointers, indices, values) and its partial first-layer product; the
-    batch's first-layer dL/dZ (row-major); the first layer's weight gradient (one slot); a zero
-    bias; the first layer's width (see Width)."""
+def _split_scratch(params: Params, batch: int, csr: CSR, jsplit: int):
+    """The split step's arrays, made once per epoch: per half, where the batch's entries of its
+    pixel range are (ranges, and room for shifted copies; see _block_entries) and its partial
+    first-layer product; the batch's first-layer dL/dZ (row-major); the first layer's weight
+    gradient (one slot); a zero bias; the first layer's width (see Width); and for every row of
+    the data, where its entries of half 1's pixels start (``_row_cuts``: one pass per epoch
+    instead of a search per row and step, whose dependent cache misses cost more)."""
     dt = params.dtype
     n_in, H = params.sizes[0], params.sizes[1]
     cap = batch * _densest_row(csr.indptr)
-    return (np.empty((2, batch + 1), np.int64), np.empty((2, cap), np.uint16),
-            np.empty((2, cap), dt), np.empty((2, batch, H), dt), np.empty((batch, H), dt),
-            np.empty((1, n_in, H), dt), np.zeros(H, dt), _first_width(params))
+    return (np.empty((2, 2, batch), np.int64), np.empty((2, cap), np.uint16),
+            np.empty((2, cap), csr.values.dtype), np.empty((2, batch, H), dt),
+            np.empty((batch, H), dt),
+            np.empty((1, n_in, H), dt), np.zeros(H, dt), _first_width(params),
+            _row_cuts(csr.indptr, csr.indices, jsplit))
 
 
 @njit(inline="always", **_STRICT)
@@ -974,16 +1131,18 @@ def _halves(h, jsplit, n_in):
 
 @njit(parallel=True, **_FAST)
 def _split_forward(W1, indptr, indices, values, lut, rows, shifts, jsplit, sp):
-    """Phase 1 of the split step: half h gathers, for every row of the batch, the non-zero pixels
+    """Phase 1 of the split step: half h finds, for every row of the batch, the non-zero pixels
     in its own pixel range, and multiplies them by its own rows of W1: sp's zpart[h] receives
     the partial first-layer products (no bias). W1 rows never leave their core."""
-    hptr, hidx, hval, zpart, dz1, gW1, zero_b, width = sp
+    hrng, hidx, hval, zpart, dz1, gW1, zero_b, width, cut = sp
     n = rows.shape[0]
     for h in prange(2):
         j0, j1 = _halves(h, jsplit, W1.shape[0])
-        ptr, idx, val, z = hptr[h], hidx[h], hval[h], zpart[h]
-        _gather_block(indptr, indices, values, lut, rows, shifts, 0, n, ptr, idx, val, j0, j1)
-        _sparse_matmul(z, W1, zero_b, ptr, idx, val, n, width)
+        starts = indptr[:-1] if h == 0 else cut
+        ends = cut if h == 0 else indptr[1:]
+        idx, val = _block_entries(indptr, indices, values, starts, ends, rows, shifts, 0, n,
+                                  hrng[h], hidx[h], hval[h], j0, j1)
+        _sparse_matmul(zpart[h], W1, zero_b, hrng[h], idx, val, lut, n, width)
 
 
 @njit(parallel=True, **_FAST)
@@ -992,7 +1151,7 @@ def _split_dense(Ws, bs, y, rows, inv_n, offs, pWs, pbs, scr, sp):
     (the two partial products plus the bias), the dense layers, the loss, their backward into
     slot h of the partials (layers after the first, and every bias), and the first layer's
     dL/dZ into sp's dz1. Returns the batch's summed cross-entropy (float64)."""
-    hptr, hidx, hval, zpart, dz1, gW1, zero_b, width = sp
+    hrng, hidx, hval, zpart, dz1, gW1, zero_b, width, cut = sp
     n = rows.shape[0]
     L = len(Ws)
     b1 = bs[0]
@@ -1022,24 +1181,24 @@ def _split_dense(Ws, bs, y, rows, inv_n, offs, pWs, pbs, scr, sp):
 
 
 @njit(parallel=True, **_STRICT)
-def _split_update(Ws, bs, jsplit, n, pWs, pbs, sp, mWs, mbs, vWs, vbs, code, lr, hp, wd, c1, c2):
+def _split_update(Ws, bs, indices, values, lut, shifts, jsplit, n, pWs, pbs, sp, mWs, mbs, vWs,
+                  vbs, code, lr, hp, wd, c1, c2):
     """Phase 3: half h computes the first layer's weight gradient for its own pixel rows (the
     sparse x.T @ dz over the batch's n rows, in row order) and applies the optimizer step to
     those rows; half 0 also steps the small layers and every bias from the two slots' partials."""
-    hptr, hidx, hval, zpart, dz1, gW1, zero_b, width = sp
+    hrng, hidx, hval, zpart, dz1, gW1, zero_b, width, cut = sp
     W1 = Ws[0]
     g = gW1[0]
     for h in prange(2):
         j0, j1 = _halves(h, jsplit, W1.shape[0])
         g[j0:j1] = 0
-        ptr, idx, val = hptr[h], hidx[h], hval[h]
-        _sparse_outer(g, ptr, idx, val, n, dz1, width)
-        for k in range(j0, j1):
-            _update_row(W1, gW1, mWs[0], vWs[0], k, code, lr, hp, wd, c1, c2)
+        idx, val = (hidx[h], hval[h]) if shifts.shape[0] > 0 else (indices, values)
+        _sparse_outer(g, hrng[h], idx, val, lut, n, dz1, width)
+        _update_rows(W1, gW1, mWs[0], vWs[0], j0, j1, code, lr, hp, wd, c1, c2)
         if h == 0:
             for l in range(1, len(Ws)):
-                for k in range(Ws[l].shape[0]):
-                    _update_row(Ws[l], pWs[l], mWs[l], vWs[l], k, code, lr, hp, wd, c1, c2)
+                _update_rows(Ws[l], pWs[l], mWs[l], vWs[l], 0, Ws[l].shape[0], code, lr, hp, wd,
+                             c1, c2)
             for l in range(len(Ws)):
                 _update_bias(bs[l], pbs[l], mbs[l], vbs[l], code, lr, hp, c1, c2)
 
@@ -1068,7 +1227,7 @@ def _gd_loop(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs,
              mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """len(lrs) full-batch steps: gradients of all rows, then the update. losses[i] is step i's
     mean loss, before its update."""
-    scr = _alloc_scratch(Ws, offs, lut, indptr, pWs[0].shape[0])
+    scr = _alloc_scratch(Ws, offs, lut, indptr, values, pWs[0].shape[0])
     for it in range(lrs.shape[0]):
         total = _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, offs,
                               pWs, pbs, scr, width)
@@ -1082,7 +1241,7 @@ def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs
               width, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """One epoch of mini-batch steps over the rows in the order perm (the shuffle is the
     caller's). Step i takes perm[i*batch:(i+1)*batch]; losses[i] is its mean loss."""
-    scr = _alloc_scratch(Ws, offs, lut, indptr, pWs[0].shape[0])
+    scr = _alloc_scratch(Ws, offs, lut, indptr, values, pWs[0].shape[0])
     n = perm.shape[0]
     for it in range(lrs.shape[0]):
         r0 = it * batch
@@ -1099,7 +1258,7 @@ def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs
 def _sgd_loop_split(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs, inv_ns, pWs,
                     pbs, sp, jsplit, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
     """The same epoch as _sgd_loop with the split step (three parallel phases per step)."""
-    scr = _alloc_scratch(Ws, offs, lut, indptr, 2)
+    scr = _alloc_scratch(Ws, offs, lut, indptr, values, 2)
     n = perm.shape[0]
     for it in range(lrs.shape[0]):
         r0 = it * batch
@@ -1109,8 +1268,8 @@ def _sgd_loop_split(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch
         _split_forward(Ws[0], indptr, indices, values, lut, rows, sh, jsplit, sp)
         total = _split_dense(Ws, bs, y, rows, inv_ns[it], offs, pWs, pbs, scr, sp)
         losses[it] = total / (r1 - r0)
-        _split_update(Ws, bs, jsplit, r1 - r0, pWs, pbs, sp, mWs, mbs, vWs, vbs, code, lrs[it],
-                      hp, wd, c1s[it], c2s[it])
+        _split_update(Ws, bs, indices, values, lut, sh, jsplit, r1 - r0, pWs, pbs, sp, mWs, mbs,
+                      vWs, vbs, code, lrs[it], hp, wd, c1s[it], c2s[it])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1287,10 +1446,10 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     opt = _opt_args(params, state, optimizer, lrs, t0, **hyper)
     if batch_size <= SPLIT_MAX_BATCH:
         ws = _Workspace(params, 2)
+        jsplit = _split_point(params, csr)
         _sgd_loop_split(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, shifts,
                         batch_size, ws.offs, inv_ns, ws.pWs, ws.pbs,
-                        _split_scratch(params, batch_size, csr), _split_point(params, csr), *opt,
-                        losses)
+                        _split_scratch(params, batch_size, csr, jsplit), jsplit, *opt, losses)
         return losses
     ws = _Workspace(params, _nslots(batch_size))
     _sgd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, perm, shifts, batch_size,
