@@ -129,7 +129,7 @@ _LEAF = dict(_FAST, pipeline_class=_NoAliasCompiler)
 
 NSLOTS = 4           # partial-gradient slots for a large batch (fixed: results do not depend on threads)
 MIN_SLOT_ROWS = 64   # a slot gets at least this many rows
-NSLOTS_FWD = 16      # most row ranges for forward-only kernels (no partials, so more is cheap)
+NSLOTS_FWD = 4       # row ranges for forward-only kernels (two per core: measured, 16 cost 25% more)
 
 
 class CSR(NamedTuple):
@@ -1365,7 +1365,21 @@ def predict_proba(params: Params, X):
 
 def predict(params: Params, X):
     """Predicted class per row, shape (n,), int64."""
-    return predict_proba(params, X).argmax(axis=1)
+    return _argmax_rows(predict_proba(params, X))
+
+
+@njit(**_STRICT)
+def _argmax_rows(P):
+    """P.argmax(axis=1) (the first maximum of each row; NaN counts as a maximum, as in NumPy),
+    without NumPy's per-row overhead, which costs a tenth of the whole inference here."""
+    out = np.empty(P.shape[0], dtype=np.int64)
+    for i in range(P.shape[0]):
+        best = 0
+        for m in range(1, P.shape[1]):
+            if P[i, m] > P[i, best] or (np.isnan(P[i, m]) and not np.isnan(P[i, best])):
+                best = m
+        out[i] = best
+    return out
 
 
 def accuracy(params: Params, X, y) -> float:

@@ -269,6 +269,19 @@ def test_update_twin():
 
 
 @pytest.mark.small
+def test_argmax_rows_is_numpys_argmax():
+    """predict's compiled argmax: NumPy's answer on ties (the first) and NaN (the first NaN)."""
+    rng = np.random.default_rng(0)
+    P = rng.random((64, 10)).astype(np.float32)
+    P[1] = 0.5
+    P[2, [3, 7]] = 2.0
+    P[3, 4] = np.nan
+    P[4, [0, 9]] = np.nan
+    P[5, 9] = np.nan
+    assert np.array_equal(J._argmax_rows(P), P.argmax(axis=1))
+
+
+@pytest.mark.small
 @pytest.mark.parametrize("X, y, exc, msg", [
     (np.zeros((2, 28, 28), np.float32), [0, 1], ValueError, r"X must have shape \(n, 784\)"),
     (np.zeros((2, 784)), [0, 1], TypeError, "X must have the params' dtype float32; got float64"),
