@@ -28,27 +28,27 @@ softmax, the loss and every backward product are long vector loops along the blo
 layer widths. Nothing (n, 72)-sized is ever allocated; each slot's block scratch is allocated
 once per call (``_alloc_scratch``), not once per step.
 
-The sparse first layer is where the time goes, so for the default architecture it is written
-below the level of Numba: the width is a compile-time constant (``Width``) and each sparse row
-is a loop generated in LLVM IR (``_ir_row_loop``) whose 72-float accumulator is nine vector
-registers for the whole row: per non-zero pixel, one broadcast and nine fused multiply-adds
-with the weight row, nothing stored until the row ends (Numba arrays live in memory, so the
-same loop in Numba loads and stores the accumulator at every entry; the IR loop does the same
-multiply-adds in the same order, so results are bitwise those of the Numba loops, which still
-serve other widths and run without the JIT). The gradient's loop is the same with the roles
-turned: dz in registers, each weight-gradient row read, updated and stored once per entry.
-Where the time goes then (one thread, all 60,000 images, about 90 ms for loss_and_grads): the
-sparse forward ~25 ms and the gradient scatter ~30 ms (9 million non-zero pixels, each a
-multiply-add of a 72-float row that comes from L2, and for the gradient a read-modify-write of
-one), the dense layers ~20 ms, transposes and softmax the rest. Measured and dropped, each
-slower or no faster here: a compressed-sparse-*column* pass over each block (reads each weight
-row once per block, but building the transposed index costs what it saves); blocking the first
-layer by ranges of pixels so the weight rows stay in L1 (the bookkeeping costs more than the L2
-reads it saves); row-by-row dense layers (a quarter of the block version's speed); padding the
-hidden width to 80; more entries per pass (8 instead of 4); two gradient entries per pass
-sharing the loads of dz (their rows may overlap as far as LLVM knows, which brings back the
-overlap checks); two accumulators per row in the IR loop; copying each block's entries into a
-block-local CSR in the working dtype (the copy cost as much as the multiply-adds it fed).
+The sparse first layer is where the time goes, so for the default architecture it is written below
+the level of Numba: the width is a compile-time constant (``Width``) and each sparse row is a loop
+generated in LLVM IR (``_ir_row_loop``) whose 72-float accumulator is nine vector registers for the
+whole row: per non-zero pixel, one broadcast and nine fused multiply-adds with the weight row,
+nothing stored until the row ends (Numba arrays live in memory, so the same loop in Numba loads and
+stores the accumulator at every entry; the IR loop does the same multiply-adds in the same order,
+so results are bitwise those of the Numba loops here, which still serve other widths and run
+without the JIT). The gradient's loop is the same with the roles turned: dz in registers, each
+weight-gradient row read, updated and stored once per entry. Where the time goes then (one thread,
+all 60,000 images, about 80 ms for loss_and_grads): the sparse forward about 2.8 ns and the
+gradient scatter about 3.7 ns per non-zero pixel, 9 million of them (each a multiply-add of a
+72-float row that comes from L2, and for the gradient a read-modify-write of one), the dense layers
+~20 ms, transposes and softmax the rest. Measured and dropped, each slower or no faster here: a
+compressed-sparse-*column* pass over each block (reads each weight row once per block, but building
+the transposed index costs what it saves); blocking the first layer by ranges of pixels so the
+weight rows stay in L1 (the bookkeeping costs more than the L2 reads it saves); row-by-row dense
+layers (a quarter of the block version's speed); padding the hidden width to 80; more entries per
+pass (8 instead of 4); two gradient entries per pass sharing the loads of dz (their rows may
+overlap as far as LLVM knows, which brings back the overlap checks); two accumulators per row in
+the IR loop; copying each block's entries into a block-local CSR in the working dtype (the copy
+cost as much as the multiply-adds it fed).
 
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
@@ -129,7 +129,7 @@ _LEAF = dict(_FAST, pipeline_class=_NoAliasCompiler)
 
 NSLOTS = 4           # partial-gradient slots for a large batch (fixed: results do not depend on threads)
 MIN_SLOT_ROWS = 64   # a slot gets at least this many rows
-NSLOTS_FWD = 4       # row ranges for forward-only kernels (two per core: measured, 16 cost 25% more)
+NSLOTS_FWD = 4       # row ranges for forward-only kernels (two per core; 16 cost 25% more here)
 
 
 class CSR(NamedTuple):
@@ -367,7 +367,8 @@ def _first_width(params: Params):
 def _ir_row_loop(context, builder, sig, args, outer):
     """LLVM IR for one sparse row at a constant width H = sig.args[-1].n, in vector chunks of 32
     bytes (8 float32 or 4 float64: a ymm register each, so the accumulator of H = 72 float32 is
-    nine registers). Arguments (z, W, b_or_d, idx, val, lut, p0, p1, width), all arrays C-contiguous.
+    nine registers). Arguments (z, W, b_or_d, idx, val, lut, p0, p1, width), all arrays
+    C-contiguous.
 
     outer=False (forward): acc = b; for p in [p0, p1): acc += x_p * W[idx[p]]; z[:] = acc.
     outer=True (gradient): d = b_or_d; for p in [p0, p1): W[idx[p]] += x_p * d (z unused).
@@ -385,7 +386,8 @@ def _ir_row_loop(context, builder, sig, args, outer):
     chunks = [(k, min(c, H - k)) for k in range(0, H, c)]
 
     def vptr(ptr, k, n):
-        return builder.bitcast(builder.gep(ptr, [ir.Constant(i64, k)]), ir.VectorType(ft, n).as_pointer())
+        vt = ir.VectorType(ft, n)
+        return builder.bitcast(builder.gep(ptr, [ir.Constant(i64, k)]), vt.as_pointer())
 
     def fmuladd(x, y, acc):
         vt = x.type
@@ -397,7 +399,8 @@ def _ir_row_loop(context, builder, sig, args, outer):
         vt = ir.VectorType(ft, n)
         und = ir.Constant(vt, ir.Undefined)
         x = builder.insert_element(und, v, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(x, und, ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n)
+        return builder.shuffle_vector(x, und, zeros)
 
     fixed = [builder.load(vptr(ba.data, k, n), align=align) for k, n in chunks]   # b or d
     entry = builder.basic_block
@@ -531,7 +534,7 @@ def _sparse_outer(gW, rng, idx, val, lut, nrows, D, width):
         _sparse_row_outer(gW, D[t], idx, val, lut, rng[0, t], rng[1, t], width)
 
 
-_AHEAD = 4           # rows ahead for prefetching in _gather_block
+_AHEAD = 4           # rows ahead for prefetching in _block_entries
 BLOCK = 128          # rows per block: the block's activations stay in L2
 
 
