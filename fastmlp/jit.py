@@ -43,12 +43,12 @@ gradient scatter about 3.7 ns per non-zero pixel, 9 million of them (each a mult
 ~20 ms, transposes and softmax the rest. Measured and dropped, each slower or no faster here: a
 compressed-sparse-*column* pass over each block (reads each weight row once per block, but building
 the transposed index costs what it saves); blocking the first layer by ranges of pixels so the
-weight rows stay in L1 (the bookkeeping costs more than the L2 reads it saves); row-by-row dense
-layers (a quarter of the block version's speed); padding the hidden width to 80; more entries per
-pass (8 instead of 4); two gradient entries per pass sharing the loads of dz (their rows may
-overlap as far as LLVM knows, which brings back the overlap checks); two accumulators per row in
-the IR loop; copying each block's entries into a block-local CSR in the working dtype (the copy
-cost as much as the multiply-adds it fed).
+weight rows stay in L1 (the bookkeeping costs more than the L2 reads it saves; tried again with the
+IR loops: 0.8-1.04x); row-by-row dense layers (a quarter of the block version's speed); padding the
+hidden width to 80; more entries per pass (8 instead of 4); two gradient entries per pass sharing
+the loads of dz (their rows may overlap as far as LLVM knows, which brings back the overlap
+checks); two accumulators per row in the IR loop; copying each block's entries into a block-local
+CSR in the working dtype (the copy cost as much as the multiply-adds it fed).
 
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
@@ -360,8 +360,8 @@ def _first_width(params: Params):
 
 
 # The sparse first layer. For a constant width (Width) each row is one LLVM-IR loop written out
-# below (_row_ir), whose accumulator lives in vector registers for the whole row; any other width
-# runs the plain Numba loops, which are also what runs without the JIT.
+# below (_ir_row_loop), whose accumulator lives in vector registers for the whole row; any other
+# width runs the plain Numba loops, which are also what runs without the JIT.
 
 
 def _ir_row_loop(context, builder, sig, args, outer):
@@ -372,8 +372,9 @@ def _ir_row_loop(context, builder, sig, args, outer):
 
     outer=False (forward): acc = b; for p in [p0, p1): acc += x_p * W[idx[p]]; z[:] = acc.
     outer=True (gradient): d = b_or_d; for p in [p0, p1): W[idx[p]] += x_p * d (z unused).
-    x_p is lut[val[p]] for integer val, else val[p]. Each multiply-add is llvm.fmuladd, in entry
-    order, exactly the arithmetic of the Numba loops (one rounding per fused multiply-add)."""
+    x_p is lut[val[p]] for integer val, else val[p]. Each multiply-add is llvm.fmuladd (fused
+    where the CPU can), in entry order: here the same bits as the Numba loops, which LLVM
+    compiles to the same chain of fused multiply-adds (checked over a whole training epoch)."""
     H = sig.args[-1].n
     arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:6], args[:6])]
     za, Wa, ba, ia, va, la = arrs
