@@ -47,12 +47,49 @@ def check_sizes(sizes) -> tuple[int, ...]:
     return sizes
 
 
+ALIGN = 64   # bytes: a cache line
+
+
+def empty_aligned(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a cache-line (64-byte) boundary.
+
+    NumPy's own arrays start wherever malloc puts them, often 16 bytes past a line. A weight row
+    of 72 float32 is 288 bytes, so then every other 32-byte vector load or store of a row
+    straddles two cache lines, and the jitted kernels' sparse products slow down by up to 40%
+    (measured: the same epoch ran 15 or 21 ms in its gradient scatter depending on where the
+    array happened to land)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    start = (-buf.ctypes.data) % ALIGN
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def zeros_aligned(shape, dtype) -> np.ndarray:
+    """Like np.zeros, on a cache-line boundary (see empty_aligned)."""
+    a = empty_aligned(shape, dtype)
+    a[...] = 0
+    return a
+
+
+def as_aligned(a) -> np.ndarray:
+    """a itself if it is C-contiguous and starts on a cache line, else such a copy of it."""
+    a = np.ascontiguousarray(a)
+    if a.ctypes.data % ALIGN == 0:
+        return a
+    b = empty_aligned(a.shape, a.dtype)
+    b[...] = a
+    return b
+
+
 @dataclass
 class Params:
     """Weights and biases of a fully connected network, layer by layer.
 
     weights[i] : shape (sizes[i], sizes[i+1]), C-contiguous, float32 or float64
     biases[i]  : shape (sizes[i+1],), same dtype
+
+    Every array starts on a cache line (``as_aligned``: a copy is made when one does not).
 
     Gradients are Params too (``grads.weights[i]`` is dL/dW_i).
     """
@@ -75,8 +112,8 @@ class Params:
             if i and W.shape[0] != self.weights[i - 1].shape[1]:
                 raise ValueError(f"layer {i}: W has {W.shape[0]} inputs but layer {i - 1} has "
                                  f"{self.weights[i - 1].shape[1]} outputs")
-        self.weights = [np.ascontiguousarray(W) for W in self.weights]
-        self.biases = [np.ascontiguousarray(b) for b in self.biases]
+        self.weights = [as_aligned(W) for W in self.weights]
+        self.biases = [as_aligned(b) for b in self.biases]
 
     @property
     def sizes(self) -> tuple[int, ...]:

@@ -73,3 +73,22 @@ def test_params_checks_shapes():
         Params([np.zeros((3, 4)), np.zeros((5, 2))], [np.zeros(4), np.zeros(2)])
     with pytest.raises(TypeError, match="share one dtype"):
         Params([np.zeros((3, 4)), np.zeros((4, 2), np.float32)], [np.zeros(4), np.zeros(2)])
+
+
+def test_every_params_array_starts_on_a_cache_line():
+    """The kernels' vector loads and stores of a weight row never straddle two cache lines."""
+    from fastmlp.params import ALIGN, empty_aligned
+    p = init_params((784, 72, 36, 10), "he", seed=0, dtype=np.float32)
+    buf = np.zeros(784 * 72 + 8, np.float32)
+    off = 1 if buf.ctypes.data % ALIGN == 0 else 0
+    W = buf[off:off + 784 * 72].reshape(784, 72)          # deliberately off a cache line
+    assert W.ctypes.data % ALIGN != 0
+    q = Params([W] + p.weights[1:], p.biases)
+    assert np.array_equal(q.weights[0], W)
+    for r in (p, p.copy(), p.zeros_like(), p.astype(np.float64), q):
+        for a in r.arrays():
+            assert a.ctypes.data % ALIGN == 0 and a.flags.c_contiguous
+    for shape, dt in (((3, 5), np.float64), ((0, 4), np.float32), (7, np.int64)):
+        e = empty_aligned(shape, dt)
+        assert e.shape == np.empty(shape).shape and e.dtype == dt
+        assert e.size == 0 or e.ctypes.data % ALIGN == 0
