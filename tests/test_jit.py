@@ -278,7 +278,9 @@ def test_argmax_rows_is_numpys_argmax():
     P[3, 4] = np.nan
     P[4, [0, 9]] = np.nan
     P[5, 9] = np.nan
-    assert np.array_equal(J._argmax_rows(P), P.argmax(axis=1))
+    out = np.full(len(P), -1, dtype=np.int64)
+    J._argmax_rows(P, 0, len(P), out)
+    assert np.array_equal(out, P.argmax(axis=1))
 
 
 @pytest.mark.small
