@@ -41,8 +41,8 @@ stores the accumulator at every entry; the IR loop does the same multiply-adds i
 so results are bitwise those of the Numba loops here, which still serve other widths and run
 without the JIT). The gradient's loop is the same with the roles turned: dz in registers, each
 weight-gradient row read, updated and stored once per entry. Where the time goes then (one thread,
-all 60,000 images, about 80 ms for loss_and_grads): the sparse forward about 2.8 ns and the
-gradient scatter about 3.7 ns per non-zero pixel, 9 million of them (each a multiply-add of a
+all 60,000 images, about 75 ms for loss_and_grads): the sparse forward about 2.9 ns and the
+gradient scatter about 3.4 ns per non-zero pixel, 9 million of them (each a multiply-add of a
 72-float row that comes from L2, and for the gradient a read-modify-write of one), the dense layers
 ~20 ms, transposes and softmax the rest. Measured and dropped, each slower or no faster here: a
 compressed-sparse-*column* pass over each block (reads each weight row once per block, but building
