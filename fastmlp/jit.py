@@ -79,8 +79,12 @@ thread count*. The forward-only kernels ``prange`` over row ranges (each owns it
 
 Numba options live in one place (``_FAST`` / ``_STRICT`` below): every kernel is ``cache=True``;
 the hot kernels use ``fastmath`` *without* ``nnan``/``ninf`` so that non-finite values still
-propagate and the training loop can detect divergence. Float32 kernels take all their constants
-as float32 arrays or scalars prepared by the Python wrappers, so nothing promotes to float64.
+propagate and the training loop can detect divergence; the optimizer updates and the sums of
+partials are strict IEEE arithmetic, as NumPy's (``fastmath=False`` set explicitly: left unset,
+Numba lets a kernel inherit fast-math from its caller), so a compiled training step applies
+exactly the public ``update`` to exactly ``loss_and_grads``' gradient (tested bitwise). Float32
+kernels take all their constants as float32 arrays or scalars prepared by the Python wrappers, so
+nothing promotes to float64.
 """
 
 from __future__ import annotations
@@ -110,7 +114,10 @@ __all__ = [
 
 _FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # not nnan/ninf: NaN must propagate
 _FAST = dict(cache=True, fastmath=_FASTMATH, error_model="numpy", boundscheck=False)
-_STRICT = dict(cache=True, error_model="numpy", boundscheck=False)
+# fastmath=False must be explicit: a kernel that leaves the option unset *inherits* fast-math
+# from the kernel whose compilation compiles it (Numba's flag inheritance), and the updates, strict
+# when called from Python, then ran with contracted multiply-adds inside the training loops.
+_STRICT = dict(cache=True, fastmath=False, error_model="numpy", boundscheck=False)
 
 
 

@@ -269,6 +269,27 @@ def test_update_twin():
 
 
 @pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_training_loop_steps_are_the_public_update_bitwise(mnist_train, dtype):
+    """A full-batch step of the compiled loop is exactly loss_and_grads then update: the same
+    gradient (slots summed in the same order) and the same rounding of the rule. This fails if
+    the loop's update is compiled with fast-math (contracted multiply-adds), which Numba does
+    silently to a kernel without an explicit fastmath option when a fast-math kernel calls it."""
+    X8, y = mnist_train[0][:200], mnist_train[1][:200].astype(np.int64)   # 3 slots of rows
+    C = J.prepare(X8, dtype)
+    p0 = init_params((784, 72, 36, 10), "he", 4, dtype)
+    for opt in ("sgd", "momentum", "nesterov", "adam"):
+        pa, pb = p0.copy(), p0.copy()
+        sa, sb = J.init_state(pa, opt), J.init_state(pb, opt)
+        for t, lr in enumerate((0.05, 0.02), start=1):
+            J.gd_steps(pa, sa, C, y, [lr], t0=t - 1, optimizer=opt, weight_decay=1e-3)
+            _, g = J.loss_and_grads(pb, C, y)
+            J.update(pb, g, sb, lr, t, opt, weight_decay=1e-3)
+        for k, (a, b) in enumerate(zip(pa.arrays() + sa, pb.arrays() + sb)):
+            assert np.array_equal(a, b), f"{opt}: array {k} differs by {np.abs(a - b).max()}"
+
+
+@pytest.mark.small
 def test_argmax_rows_is_numpys_argmax():
     """predict's compiled argmax: NumPy's answer on ties (the first) and NaN (the first NaN)."""
     rng = np.random.default_rng(0)
