@@ -1441,9 +1441,9 @@ def _opt_args(params: Params, state, optimizer, lrs, t0, momentum=0.9, beta1=0.9
     else:
         mWs, mbs, vWs, vbs = (empty2,) * L, (empty1,) * L, (empty2,) * L, (empty1,) * L
     lrs = np.asarray(lrs, dtype=np.float64)
-    t = t0 + 1 + np.arange(len(lrs))
-    c1s = np.array([1 - beta1 ** ti for ti in t], dtype=dt)
-    c2s = np.array([1 - beta2 ** ti for ti in t], dtype=dt)
+    t = (t0 + 1 + np.arange(len(lrs))).astype(np.float64)   # Adam's bias corrections, vectorized
+    c1s = (1 - np.power(float(beta1), t)).astype(dt)         # (a Python loop cost 1.3 ms per epoch)
+    c2s = (1 - np.power(float(beta2), t)).astype(dt)
     hp = np.array([momentum, beta1, 1 - beta1, beta2, 1 - beta2, eps], dtype=dt)
     return (mWs, mbs, vWs, vbs, _OPT_CODE[optimizer], lrs.astype(dt), hp, dt.type(weight_decay),
             c1s, c2s)
