@@ -69,7 +69,8 @@ parallelism is Numba ``prange``, in one of two shapes, chosen by batch size:
   that traffic cost more than the arithmetic, and varied from run to run with where the
   hypervisor placed the two cores. So a small step is cut the other way: half 0 owns the first
   layer's weight rows of the upper pixels, half 1 those of the lower (``_split_point``), and
-  three parallel phases per step (``_split_forward``, ``_split_dense``, ``_split_update``)
+  three phases per step (``_split_forward``, ``_split_dense``, ``_split_update``, the last
+  fused with the next step's first: two parallel regions per step)
   keep those rows, their gradient and their optimizer state on one core for the whole epoch;
   only the batch's activations (~40 KB) cross between cores.
 
@@ -1154,20 +1155,27 @@ def _halves(h, jsplit, n_in):
     return (0, jsplit) if h == 0 else (jsplit, n_in)
 
 
+@njit(**_FAST)
+def _forward_half(h, W1, indptr, indices, values, lut, rows, shifts, jsplit, sp):
+    """Phase 1 of the split step, half h's part: find, for every row of the batch, the non-zero
+    pixels in h's own pixel range, and multiply them by h's own rows of W1: sp's zpart[h]
+    receives the partial first-layer products (no bias). W1 rows never leave their core."""
+    hrng, hidx, hval, zpart, dz1, gW1, zero_b, width, cut = sp
+    j0, j1 = _halves(h, jsplit, W1.shape[0])
+    starts = indptr[:-1] if h == 0 else cut
+    ends = cut if h == 0 else indptr[1:]
+    n = rows.shape[0]
+    idx, val = _block_entries(indptr, indices, values, starts, ends, rows, shifts, 0, n,
+                              hrng[h], hidx[h], hval[h], j0, j1)
+    _sparse_matmul(zpart[h], W1, zero_b, hrng[h], idx, val, lut, n, width)
+
+
 @njit(parallel=True, **_FAST)
 def _split_forward(W1, indptr, indices, values, lut, rows, shifts, jsplit, sp):
-    """Phase 1 of the split step: half h finds, for every row of the batch, the non-zero pixels
-    in its own pixel range, and multiplies them by its own rows of W1: sp's zpart[h] receives
-    the partial first-layer products (no bias). W1 rows never leave their core."""
-    hrng, hidx, hval, zpart, dz1, gW1, zero_b, width, cut = sp
-    n = rows.shape[0]
+    """Phase 1 of an epoch's first step (later steps run it fused with the previous step's
+    phase 3, in _split_update)."""
     for h in prange(2):
-        j0, j1 = _halves(h, jsplit, W1.shape[0])
-        starts = indptr[:-1] if h == 0 else cut
-        ends = cut if h == 0 else indptr[1:]
-        idx, val = _block_entries(indptr, indices, values, starts, ends, rows, shifts, 0, n,
-                                  hrng[h], hidx[h], hval[h], j0, j1)
-        _sparse_matmul(zpart[h], W1, zero_b, hrng[h], idx, val, lut, n, width)
+        _forward_half(h, W1, indptr, indices, values, lut, rows, shifts, jsplit, sp)
 
 
 @njit(parallel=True, **_FAST)
@@ -1206,11 +1214,14 @@ def _split_dense(Ws, bs, y, rows, inv_n, offs, pWs, pbs, scr, sp):
 
 
 @njit(parallel=True, **_STRICT)
-def _split_update(Ws, bs, indices, values, lut, shifts, jsplit, n, pWs, pbs, sp, mWs, mbs, vWs,
-                  vbs, code, lr, hp, wd, c1, c2):
+def _split_update(Ws, bs, indptr, indices, values, lut, shifts, jsplit, n, pWs, pbs, sp, mWs, mbs,
+                  vWs, vbs, code, lr, hp, wd, c1, c2, next_rows, next_shifts):
     """Phase 3: half h computes the first layer's weight gradient for its own pixel rows (the
     sparse x.T @ dz over the batch's n rows, in row order) and applies the optimizer step to
-    those rows; half 0 also steps the small layers and every bias from the two slots' partials."""
+    those rows; half 0 also steps the small layers and every bias from the two slots' partials.
+    Then, unless next_rows is empty, half h runs phase 1 of the next step: its own pixel rows
+    need nothing from the other half, so the two phases share one parallel region (one
+    synchronisation less per step)."""
     hrng, hidx, hval, zpart, dz1, gW1, zero_b, width, cut = sp
     W1 = Ws[0]
     g = gW1[0]
@@ -1226,6 +1237,8 @@ def _split_update(Ws, bs, indices, values, lut, shifts, jsplit, n, pWs, pbs, sp,
                              c1, c2)
             for l in range(len(Ws)):
                 _update_bias(bs[l], pbs[l], mbs[l], vbs[l], code, lr, hp, c1, c2)
+        if next_rows.shape[0] > 0:
+            _forward_half(h, W1, indptr, indices, values, lut, next_rows, next_shifts, jsplit, sp)
 
 
 @njit(**_STRICT)
@@ -1282,19 +1295,22 @@ def _sgd_loop(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs
 @njit(**_FAST)
 def _sgd_loop_split(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs, inv_ns, pWs,
                     pbs, sp, jsplit, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, losses):
-    """The same epoch as _sgd_loop with the split step (three parallel phases per step)."""
+    """The same epoch as _sgd_loop with the split step: phase 1 of the first step, then per step
+    phase 2, and phase 3 fused with the next step's phase 1 (two parallel regions per step)."""
     scr = _alloc_scratch(Ws, offs, lut, indptr, values, 2)
     n = perm.shape[0]
+    _split_forward(Ws[0], indptr, indices, values, lut, perm[:batch],
+                   shifts[:batch] if shifts.shape[0] else shifts, jsplit, sp)
     for it in range(lrs.shape[0]):
         r0 = it * batch
         r1 = min(n, r0 + batch)
-        rows = perm[r0:r1]
+        r2 = min(n, r1 + batch)              # the next step's rows (none after the last step)
         sh = shifts[r0:r1] if shifts.shape[0] else shifts
-        _split_forward(Ws[0], indptr, indices, values, lut, rows, sh, jsplit, sp)
-        total = _split_dense(Ws, bs, y, rows, inv_ns[it], offs, pWs, pbs, scr, sp)
+        total = _split_dense(Ws, bs, y, perm[r0:r1], inv_ns[it], offs, pWs, pbs, scr, sp)
         losses[it] = total / (r1 - r0)
-        _split_update(Ws, bs, indices, values, lut, sh, jsplit, r1 - r0, pWs, pbs, sp, mWs, mbs,
-                      vWs, vbs, code, lrs[it], hp, wd, c1s[it], c2s[it])
+        _split_update(Ws, bs, indptr, indices, values, lut, sh, jsplit, r1 - r0, pWs, pbs, sp, mWs,
+                      mbs, vWs, vbs, code, lrs[it], hp, wd, c1s[it], c2s[it], perm[r1:r2],
+                      shifts[r1:r2] if shifts.shape[0] else shifts)
 
 
 # ----------------------------------------------------------------------------------------------
