@@ -290,6 +290,28 @@ def test_training_loop_steps_are_the_public_update_bitwise(mnist_train, dtype):
 
 
 @pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_block_transposes_are_exact(dtype):
+    """The transposes between row-major and feature-major blocks (8 x 8 register tiles plus
+    element loops for the edges) move every element, touch nothing else, and the summed one
+    adds in the written order, (a + b) + bias, bit for bit as NumPy does."""
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 61, 64, 128):
+        for H in (3, 10, 16, 36, 72):
+            a, b = rng.standard_normal((2, 200, H)).astype(dtype)
+            bias = rng.standard_normal(H).astype(dtype)
+            Z = np.zeros((H, 128), dtype)
+            J._to_features(Z, a, 5, n)
+            assert np.array_equal(Z[:, :n], a[5:5 + n].T) and not Z[:, n:].any(), (n, H)
+            J._to_features_sum(Z, a, b, bias, 5, n)
+            assert np.array_equal(Z[:, :n], ((a[5:5 + n] + b[5:5 + n]) + bias).T), (n, H)
+            D = np.zeros((300, H), dtype)
+            J._to_rows(D, 9, Z, n)
+            assert np.array_equal(D[9:9 + n], Z[:, :n].T), (n, H)
+            assert not D[:9].any() and not D[9 + n:].any(), (n, H)
+
+
+@pytest.mark.small
 def test_argmax_rows_is_numpys_argmax():
     """predict's compiled argmax: NumPy's answer on ties (the first) and NaN (the first NaN)."""
     rng = np.random.default_rng(0)
