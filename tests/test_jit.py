@@ -312,6 +312,30 @@ def test_block_transposes_are_exact(dtype):
 
 
 @pytest.mark.small
+def test_split_index_is_made_once_per_csr_and_forgotten_with_it(mnist_train):
+    """The split step's index of a dataset (split pixel, each row's cut) is cached per CSR: the
+    same arrays on the next epoch, equal to a fresh computation, and dropped when the CSR dies."""
+    import gc
+    p = init_params(dtype=np.float32)
+    before = len(J._SPLIT_INDEX)
+    C = J.prepare(mnist_train[0][:300], np.float32)
+    jsplit, cut = J._split_index(p, C)
+    assert J._split_index(p, C)[1] is cut and len(J._SPLIT_INDEX) == before + 1
+    assert jsplit == J._split_point(p, C)
+    assert np.array_equal(cut, J._row_cuts(C.indptr, C.indices, jsplit))
+    starts, ends = C.indptr[:-1], C.indptr[1:]
+    assert np.all((starts <= cut) & (cut <= ends))
+    for i in range(len(C)):
+        row = C.indices[starts[i]:ends[i]]
+        assert np.all(row[:cut[i] - starts[i]] < jsplit) and np.all(row[cut[i] - starts[i]:] >= jsplit)
+    other = J.prepare(mnist_train[0][:300], np.float32)       # equal data, another CSR
+    assert J._split_index(p, other)[1] is not cut
+    del C, other, starts, ends, row       # (views keep the CSR's arrays alive)
+    gc.collect()
+    assert len(J._SPLIT_INDEX) == before
+
+
+@pytest.mark.small
 def test_argmax_rows_is_numpys_argmax():
     """predict's compiled argmax: NumPy's answer on ties (the first) and NaN (the first NaN)."""
     rng = np.random.default_rng(0)
