@@ -243,12 +243,15 @@ def fit(cfg: Config, X, y, *, progress: bool = True, on_epoch=None) -> Result:
     Xva = backend.prepare(X[va], dtype) if len(va) else None
     yva = y[va].astype(np.int64)
     if cfg.backend == "numba":   # compile (or load from the cache) before the clock starts
-        warm = params.copy()
-        backend.gd_steps(warm, reference.init_state(warm, cfg.optimizer), backend.prepare(X[:2], dtype),
-                         ytr[:2], np.zeros(1), optimizer=cfg.optimizer, **hyper)
-        backend.sgd_epoch(warm, reference.init_state(warm, cfg.optimizer),
-                          backend.prepare(X[:2], dtype), ytr[:2], np.arange(2), 1, np.zeros(2),
-                          optimizer=cfg.optimizer, **hyper)
+        warm = params.copy()     # only the kernels this run uses: compiling costs time and memory
+        if cfg.iterations is not None:
+            backend.gd_steps(warm, reference.init_state(warm, cfg.optimizer),
+                             backend.prepare(X[:2], dtype), ytr[:2], np.zeros(1),
+                             optimizer=cfg.optimizer, **hyper)
+        else:                    # two rows in batches of batch_size: the same step kernel
+            backend.sgd_epoch(warm, reference.init_state(warm, cfg.optimizer),
+                              backend.prepare(X[:2], dtype), ytr[:2], np.arange(2), cfg.batch_size,
+                              np.zeros(-(-2 // cfg.batch_size)), optimizer=cfg.optimizer, **hyper)
         backend.predict_proba(warm, backend.prepare(X[:1], dtype))
     result = Result(params=params, startup_seconds=time.perf_counter() - t0)
     hist = result.history
