@@ -254,6 +254,35 @@ def test_same_seed_bitwise_identical_and_thread_independent(mnist_train):
             assert np.array_equal(a, b)
 
 
+@pytest.mark.skipif(JIT_DISABLED, reason="needs two compiled threads")
+def test_split_epoch_same_bits_whichever_thread_runs_each_task(mnist_train, monkeypatch):
+    """The split step's tasks go to whichever thread claims them. With no patience, each thread
+    takes any free task at once, so a half's tasks change threads from step to step; the epoch
+    must still give the bits of the usual schedule (each half on its own thread) and of one
+    thread running every task."""
+    X, y = mnist_train
+    C = J.prepare(X[:6000], np.float32)
+    yy = y[:6000].astype(np.int64)
+    perm = np.random.default_rng(4).permutation(6000)
+    p0 = init_params(seed=5, dtype=np.float32)
+    runs = []
+    threads = numba.get_num_threads()
+    for patience, nthreads in ((J.PATIENCE, threads), (0, threads), (0, 1)):
+        monkeypatch.setattr(J, "PATIENCE", patience)
+        numba.set_num_threads(nthreads)
+        try:
+            p = p0.copy()
+            s = J.init_state(p, "adam")
+            losses = J.sgd_epoch(p, s, C, yy, perm, 100, np.full(60, 1e-3), optimizer="adam")
+        finally:
+            numba.set_num_threads(threads)
+        runs.append((losses, p.arrays() + s))
+    for losses, arrays in runs[1:]:
+        assert np.array_equal(losses, runs[0][0])
+        for a, b in zip(arrays, runs[0][1]):
+            assert np.array_equal(a, b)
+
+
 @pytest.mark.small
 def test_update_twin():
     p = init_params((784, 16, 10), "he", 0, np.float64)
