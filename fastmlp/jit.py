@@ -1091,9 +1091,10 @@ def _slots_kernel(Ws, bs, indptr, indices, values, lut, y, rows, shifts, inv_n, 
     nslots = pWs[0].shape[0]
     n = rows.shape[0]
     losses = np.zeros(nslots)
-    for s in prange(nslots):
-        r0 = (n * s) // nslots
-        r1 = (n * (s + 1)) // nslots
+    for i in prange(nslots):
+        s = np.int64(i)      # (a prange index is uint64 in the parallel code and int64 when typed
+        r0 = (n * s) // nslots                # as a plain loop: without the cast every callee
+        r1 = (n * (s + 1)) // nslots          # is compiled twice, once for each)
         losses[s] = _slot_grads(Ws, bs, indptr, indices, values, lut, y, rows, shifts, r0, r1,
                                 inv_n, offs, pWs, pbs, scr, s, width)
     total = 0.0
@@ -1137,7 +1138,8 @@ def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba, lab
     nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
     scr = _alloc_scratch(Ws, offs, lut, indptr, values, nslots)
     rows = np.arange(n)              # the identity: row numbers for _block_entries
-    for s in prange(nslots):
+    for i in prange(nslots):
+        s = np.int64(i)                      # (see _slots_kernel)
         _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, labels, width, scr,
                        rows, s, (n * s) // nslots, (n * (s + 1)) // nslots)
 
@@ -1256,7 +1258,8 @@ def _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lr, hp, wd, c
     No separate gradient array is written; the next step's slots zero their partials.
     prange over weight rows: each thread owns its rows."""
     for l in range(len(Ws)):
-        for k in prange(Ws[l].shape[0]):
+        for i in prange(Ws[l].shape[0]):
+            k = np.int64(i)                  # (see _slots_kernel)
             _update_rows(Ws[l], pWs[l], mWs[l], vWs[l], k, k + 1, code, lr, hp, wd, c1, c2)
         _update_bias(bs[l], pbs[l], mbs[l], vbs[l], code, lr, hp, c1, c2)
 
