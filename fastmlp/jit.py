@@ -1160,11 +1160,12 @@ def _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, labe
         if proba:
             Z = AT[offs[L - 1]:offs[L]]
             _block_softmax(Z, nb, Z, colmax, colsum)
-            P = outs[0]
             for m in range(Z.shape[0]):
                 z = Z[m]
                 for t in range(nb):
-                    P[b0 + t, m] = z[t] / colsum[t]
+                    z[t] = z[t] / colsum[t]
+            P = outs[0]
+            _to_rows(P, b0, Z, nb)
             if labels.shape[0] > 0:
                 _argmax_rows(P, b0, b0 + nb, labels)
         else:
