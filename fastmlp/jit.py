@@ -1372,9 +1372,8 @@ def _dense_half(h, Ws, bs, y, rows, inv_n, offs, pWs, pbs, scr, sp):
 def _update_half(h, Ws, bs, indices, values, lut, shifts, jsplit, n, pWs, pbs, sp, mWs, mbs, vWs,
                  vbs, code, lr, hp, wd, c1, c2):
     """Phase 3, half h: the first layer's weight gradient for h's own pixel rows (the sparse
-    x.T @ dz over the batch's n rows, in row order) and the optimizer step of those rows; half
-    0 also steps the small layers and every bias from the two slots' partials. Strict
-    arithmetic in the update, as everywhere (see _STRICT)."""
+    x.T @ dz over the batch's n rows, in row order) and the optimizer step of those rows.
+    Strict arithmetic in the update, as everywhere (see _STRICT)."""
     hrng, hidx, hval, zpart, dz1, gW1, zero_b, width, cut = sp
     W1 = Ws[0]
     g = gW1[0]
@@ -1383,12 +1382,16 @@ def _update_half(h, Ws, bs, indices, values, lut, shifts, jsplit, n, pWs, pbs, s
     idx, val = (hidx[h], hval[h]) if shifts.shape[0] > 0 else (indices, values)
     _sparse_outer(g, hrng[h], idx, val, lut, n, dz1, width)
     _update_rows(W1, gW1, mWs[0], vWs[0], j0, j1, code, lr, hp, wd, c1, c2)
-    if h == 0:
-        for l in range(1, len(Ws)):
-            _update_rows(Ws[l], pWs[l], mWs[l], vWs[l], 0, Ws[l].shape[0], code, lr, hp, wd,
-                         c1, c2)
-        for l in range(len(Ws)):
-            _update_bias(bs[l], pbs[l], mbs[l], vbs[l], code, lr, hp, c1, c2)
+
+
+@njit(**_STRICT)
+def _update_small(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lr, hp, wd, c1, c2):
+    """Phase 3's third task: the optimizer step of the layers after the first and of every
+    bias, from the two slots' partials. Whichever thread is free first runs it."""
+    for l in range(1, len(Ws)):
+        _update_rows(Ws[l], pWs[l], mWs[l], vWs[l], 0, Ws[l].shape[0], code, lr, hp, wd, c1, c2)
+    for l in range(len(Ws)):
+        _update_bias(bs[l], pbs[l], mbs[l], vbs[l], code, lr, hp, c1, c2)
 
 
 # The split step's tasks and how the two cores share them.
@@ -1396,8 +1399,10 @@ def _update_half(h, Ws, bs, indices, values, lut, shifts, jsplit, n, pWs, pbs, s
 # An epoch of S steps is a chain of 2S + 1 phases: phase 0 is the first step's forward
 # (_forward_half), then for each step i: phase 2i + 1 its dense layers (_dense_half), phase
 # 2i + 2 its first-layer gradient and update (_update_half) fused with the next step's forward.
-# Each phase is two tasks, one per half, and a phase starts only when both tasks of the one
-# before are done. One parallel region runs the whole epoch: starting a region per phase cost
+# Each phase is two tasks, one per half (phase 2i + 2 has a third, the small layers' update,
+# _update_small, which has no owner: whichever thread is done first runs it, which evens out
+# the halves' step-to-step imbalance), and a phase starts only when all tasks of the one before
+# are done. One parallel region runs the whole epoch: starting a region per phase cost
 # 2.5-3.5 us here (a fork and join of the thread team, and Numba's scheduling and packing of ~40
 # array arguments); with flags instead the epoch is 5% faster (48 vs 50 ms, measured A/B).
 #
@@ -1561,21 +1566,29 @@ def _split_epoch(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, o
                  pbs, sp, jsplit, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, scr, halfloss,
                  state, patience):
     """Every task of an epoch's split steps, in one parallel region (see above). halfloss
-    (steps, 2) receives each step's summed cross-entropy per half; state (2 * (2S + 1),) int64
-    FREE on entry."""
+    (steps, 2) receives each step's summed cross-entropy per half; state (3 * (2S + 1),) int64
+    FREE on entry: cells 3t and 3t + 1 are phase t's two halves, 3t + 2 a phase 3's third task
+    (_update_small), which has no owner: the first thread done with its half takes it."""
     ntasks = 2 * lrs.shape[0] + 1
     for h in prange(2):
         me = np.int64(h)
         for t in range(ntasks):
             for j in range(2):
                 k = (me + j) % 2             # first this thread's own half, then the other
-                if _take(state, 2 * t + k, j == 0, patience):
+                if _take(state, 3 * t + k, j == 0, patience):
                     _split_task(t, k, Ws, bs, indptr, indices, values, lut, y, perm, shifts,
                                 batch, offs, inv_ns, pWs, pbs, sp, jsplit, mWs, mbs, vWs, vbs,
                                 code, lrs, hp, wd, c1s, c2s, scr, halfloss)
-                    _atomic_store(state, 2 * t + k, DONE)
-            _wait_done(state, 2 * t)
-            _wait_done(state, 2 * t + 1)
+                    _atomic_store(state, 3 * t + k, DONE)
+            if t > 0 and t % 2 == 0:
+                if _take(state, 3 * t + 2, True, patience):
+                    i = (t - 1) // 2
+                    _update_small(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lrs[i], hp, wd,
+                                  c1s[i], c2s[i])
+                    _atomic_store(state, 3 * t + 2, DONE)
+                _wait_done(state, 3 * t + 2)
+            _wait_done(state, 3 * t)
+            _wait_done(state, 3 * t + 1)
 
 
 @njit(**_STRICT)
@@ -1638,7 +1651,7 @@ def _sgd_loop_split(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch
     scr = _alloc_scratch(Ws, offs, lut, indptr, values, 2)
     steps = lrs.shape[0]
     halfloss = np.zeros((steps, 2))
-    state = np.zeros(2 * (2 * steps + 1), dtype=np.int64)
+    state = np.zeros(3 * (2 * steps + 1), dtype=np.int64)
     _split_epoch(Ws, bs, indptr, indices, values, lut, y, perm, shifts, batch, offs, inv_ns, pWs,
                  pbs, sp, jsplit, mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s, scr, halfloss,
                  state, patience)
