@@ -70,7 +70,8 @@ parallelism is Numba ``prange``, in one of two shapes, chosen by batch size:
   hypervisor placed the two cores. So a small step is cut the other way: half 0 owns the first
   layer's weight rows of the upper pixels, half 1 those of the lower (``_split_point``), and
   each step is three phases of two tasks, one per half (``_forward_half``, ``_dense_half``,
-  ``_update_half``; the last fused with the next step's first), which keep those rows, their
+  ``_update_half``; the last fused with the next step's first, and with a third task,
+  ``_update_small``, for whichever thread is free first), which keep those rows, their
   gradient and their optimizer state on one core for the whole epoch; only the batch's
   activations (~40 KB) cross between cores. The whole epoch is one parallel region
   (``_split_epoch``): the threads hand over from phase to phase through atomic flags instead of
