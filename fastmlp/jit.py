@@ -1131,10 +1131,12 @@ def _sum_slots(pWs, pbs, gWs, gbs):
 def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba, labels, width):
     """Forward every row. With proba False: outs[l] (n, sizes[l+1]) receives layer l's output
     (logits for the last). With proba True: outs[0] (n, 10) receives the softmax probabilities
-    and the hidden layers are not stored; and if labels has n entries (else it is empty), each
-    row's most probable class, found by the thread that wrote the row (a serial pass after the
-    kernel would fetch half of the probabilities from the other core: 4x the cost). prange over
-    row ranges (each owns its output rows)."""
+    and the hidden layers are not stored. If labels has n entries (else it is empty), it receives
+    each row's most probable class instead, found by the thread that owns the row: read from
+    the logits where the largest is clear of the others (_clear_argmax; no exp, no division, no
+    probabilities written), else the first maximum of the row's probabilities, which are then
+    computed and written to outs[0] for that block only. prange over row ranges (each owns its
+    output rows)."""
     n = indptr.shape[0] - 1
     nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
     scr = _alloc_scratch(Ws, offs, lut, indptr, values, nslots)
@@ -1160,6 +1162,8 @@ def _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, labe
         _block_forward(Ws, bs, rng, idx, val, lut, nb, offs, Zrow, AT, width)
         if proba:
             Z = AT[offs[L - 1]:offs[L]]
+            if labels.shape[0] > 0 and _clear_argmax(Z, nb, colmax, labels[b0:b0 + nb]):
+                continue                # the block's classes, read from the logits
             _block_softmax(Z, nb, Z, colmax, colsum)
             for m in range(Z.shape[0]):
                 z = Z[m]
@@ -1174,6 +1178,40 @@ def _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, labe
                 o = outs[l]
                 Z = AT[offs[l]:offs[l + 1]]
                 _to_rows(o, b0, Z, nb)
+
+
+# Logits this far below their column's largest give a probability below the largest one's by
+# thousands of units in the last place, whatever rounding exp and the division do.
+LOGIT_GAP = 2.0 ** -16
+
+
+@njit(**_FAST)
+def _clear_argmax(Z, nb, colmax, out):
+    """out[t] = the first row m with the largest Z[m, t] (t < nb), for feature-major logits Z.
+    Returns True when that is provably predict_proba's argmax in every column: the largest logit
+    is finite and every other one is at least LOGIT_GAP below it, so its probability is strictly
+    the largest, bit for bit. Otherwise (near-ties, equal logits, inf or NaN) False: the caller
+    computes the probabilities and takes their first maximum, as NumPy's argmax does."""
+    K = Z.shape[0]
+    gap = Z.dtype.type(LOGIT_GAP)
+    z = Z[0]
+    for t in range(nb):
+        colmax[t] = z[t]
+        out[t] = 0
+    for m in range(1, K):
+        z = Z[m]
+        for t in range(nb):
+            if z[t] > colmax[t]:
+                colmax[t] = z[t]
+                out[t] = m
+    unclear = 0
+    for m in range(K):
+        z = Z[m]
+        for t in range(nb):
+            d = colmax[t] - z[t]                # 0 for the largest itself, NaN if it is inf
+            ok = d == 0 if out[t] == m else d >= gap
+            unclear += not ok
+    return unclear == 0
 
 
 @njit(**_FAST)
@@ -1743,7 +1781,8 @@ _NO_LABELS = np.zeros(0, dtype=np.int64)
 
 
 def _probabilities(params: Params, X, labels: bool):
-    """Class probabilities (n, 10) and, if labels, the predicted class per row (else empty)."""
+    """Class probabilities (n, 10); or, if labels, the predicted class per row (and the
+    probabilities of only some rows: not for the caller)."""
     check_params(params)
     if not isinstance(X, CSR):
         check_finite(check_X(X, params))

@@ -380,6 +380,47 @@ def test_argmax_rows_is_numpys_argmax():
 
 
 @pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_predict_is_the_argmax_of_predict_proba_on_near_ties(mnist_train, dtype):
+    """predict reads the class from the logits where the largest is clear of the rest, and from
+    the probabilities elsewhere: the answer is always predict_proba's first maximum. Rows here
+    have equal logits, logits apart by 1e-9 (whose exps are equal: the probabilities tie, so the
+    first wins, not the largest logit), by one unit in the last place, by a little less and a little
+    more than LOGIT_GAP, a mix of clear and near ones, and +inf logits (overflowing weights)."""
+    X = mnist_train[0][:130].astype(dtype) / dtype(255)      # two blocks of rows
+    dt = np.dtype(dtype).type
+    base = init_params((784, 72, 36, 10), "he", 0, dtype)
+    gap = dt(J.LOGIT_GAP)
+    one = dt(1)
+    cases = {"equal": np.zeros(10, dtype),
+             "apart, equal probabilities": np.array([0, 1e-9, 0, 0, 0, 0, 0, 0, 0, 0], dtype),
+             "one ulp": np.array([0, np.spacing(one), 0, 0, 0, 0, 0, 0, 0, 0], dtype) + one,
+             "under gap": np.array([0, 0, 0, gap * dt(0.99), 0, 0, 0, 0, 0, 0], dtype),
+             "over gap": np.array([0, 0, 0, 0, 0, gap * dt(1.01), 0, 0, 0, 0], dtype)}
+    for name, b in cases.items():          # last layer weights 0: every row's logits are b
+        p = base.copy()
+        p.weights[-1][:] = 0
+        p.biases[-1][:] = b
+        want = J.predict_proba(p, X).argmax(axis=1)
+        assert np.array_equal(J.predict(p, X), want), name
+    p = base.copy()                          # mixed: the best two within the gap in ~1/4 of rows
+    p.weights[-1][:] *= dt(1e-4)
+    Z = J.forward(p, X)[-1]
+    top2 = np.sort(Z, axis=1)[:, -2:]
+    near = (top2[:, 1] - top2[:, 0]) < J.LOGIT_GAP
+    assert 0.1 < near.mean() < 0.9
+    got, want = J.predict(p, X), J.predict_proba(p, X).argmax(axis=1)
+    assert np.array_equal(got, want) and len(np.unique(got)) > 1
+    p = base.copy()                          # overflow: +inf logits, so NaN probabilities
+    p.weights[-1][:] = dt(np.finfo(dtype).max / 2)
+    p.weights[-1][:, 7] = dt(1)
+    with np.errstate(over="ignore", invalid="ignore"):   # (as plain Python, without the JIT)
+        P = J.predict_proba(p, X)
+        assert np.isnan(P).any()
+        assert np.array_equal(J.predict(p, X), P.argmax(axis=1))
+
+
+@pytest.mark.small
 @pytest.mark.parametrize("X, y, exc, msg", [
     (np.zeros((2, 28, 28), np.float32), [0, 1], ValueError, r"X must have shape \(n, 784\)"),
     (np.zeros((2, 784)), [0, 1], TypeError, "X must have the params' dtype float32; got float64"),
