@@ -6,7 +6,8 @@
 Rows: loss_and_grads on all 60,000 training images (float32), the full-batch training loop, one
 mini-batch epoch at batch 128, inference on the 10,000 test images, the thread scaling of the
 kernels, peak memory of full-batch training, and cold/warm start. Every time is the median of
---repeats runs measured here, now; ratios compare medians from this same run. "fraction" is the
+--repeats runs measured here, now; the reference and numba are timed in alternation, and a ratio
+is the median of the --repeats pairs' ratios (see paired_times). "fraction" is the
 dense-equivalent GFLOP/s (what the dense algorithm would have to do: 243,504 FLOP per image and
 pass, 118,800 for inference) divided by this machine's float32 matrix-product rate, measured at
 the start of the run.
@@ -31,7 +32,7 @@ FLOPS_FORWARD = 118_800
 ROOT = Path(__file__).resolve().parent.parent
 
 
-SETTLE_S = 0.3   # pause before each measurement (see median_time)
+SETTLE_S = 0.3   # pause before each measurement (see median_time, paired_times)
 
 
 def median_time(fn, repeats, setup=None):
@@ -51,6 +52,28 @@ def median_time(fn, repeats, setup=None):
         fn(*args)
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def paired_times(ref_fn, jit_fn, repeats, setup=None):
+    """(median time of ref_fn, median time of jit_fn, median of the per-pair ratios), timed in
+    alternation: ref, jit, ref, jit, ... This machine has slow spells that come and go over
+    seconds; timed in two blocks, one side of a ratio can fall in a spell and the other not (an
+    epoch ratio of 3.6x once, 5.3x in the next run), while a pair sees the same machine on both
+    sides. Each timed call follows a SETTLE_S pause (see median_time) and then one untimed call
+    of the same function (compilation the first time; after that it wakes the thread pool and
+    brings the weights back into cache: numba's predict on 10,000 images takes ~5 ms as the first
+    call after a pause and ~3 ms as the next), so both sides are timed warm, as in a loop."""
+    t_ref, t_jit = [], []
+    for _ in range(repeats):
+        for fn, out in ((ref_fn, t_ref), (jit_fn, t_jit)):
+            time.sleep(SETTLE_S)
+            fn(*(setup() if setup else ()))
+            args = setup() if setup else ()
+            t = time.perf_counter()
+            fn(*args)
+            out.append(time.perf_counter() - t)
+    ratios = np.array(t_ref) / np.array(t_jit)
+    return float(np.median(t_ref)), float(np.median(t_jit)), float(np.median(ratios))
 
 
 def matmul_gflops(repeats=7):
@@ -128,60 +151,62 @@ def main(argv=None):
     p = fastmlp.init_params(scheme="uniform", seed=0, dtype=dt)
     rows = []
 
-    def add(name, t_ref, t_jit, samples, flops, unit="it/s", per=1):
-        ops = per / t_jit
+    def add(name, times, samples, flops, unit="it/s", per=1):
+        t_ref, t_jit, ratio = times
         frac = samples * flops / t_jit / 1e9 / rate
-        rows.append({"measurement": name, "reference_s": t_ref, "numba_s": t_jit,
-                     "ratio": (t_ref / t_jit) if t_ref else None, "rate": ops, "unit": unit,
-                     "fraction_of_matmul": frac})
+        rows.append({"measurement": name, "reference_s": t_ref, "numba_s": t_jit, "ratio": ratio,
+                     "rate": per / t_jit, "unit": unit, "fraction_of_matmul": frac})
 
-    t_ref = median_time(lambda: R.loss_and_grads(p, Xf, y), k)
-    t_dense = median_time(lambda: J.loss_and_grads(p, Xf, y), k)
-    t_csr = median_time(lambda: J.loss_and_grads(p, C, y), k)
-    add("loss_and_grads, 60,000 images, float32 dense X (compressed on the way in)", t_ref, t_dense,
+    add("loss_and_grads, 60,000 images, float32 dense X (compressed on the way in)",
+        paired_times(lambda: R.loss_and_grads(p, Xf, y), lambda: J.loss_and_grads(p, Xf, y), k),
         60000, FLOPS_TRAIN)
-    add("loss_and_grads, 60,000 images, float32, data compressed once (jit.prepare)", t_ref, t_csr,
+    add("loss_and_grads, 60,000 images, float32, data compressed once (jit.prepare)",
+        paired_times(lambda: R.loss_and_grads(p, Xf, y), lambda: J.loss_and_grads(p, C, y), k),
         60000, FLOPS_TRAIN)
 
     steps = 10
     fresh = lambda: (p.copy(),)  # noqa: E731
-    t_ref_gd = median_time(lambda q: R.gd_steps(q, [], Xf, y, [0.2] * steps), max(3, k // 2), fresh)
-    t_jit_gd = median_time(lambda q: J.gd_steps(q, [], C, y, [0.2] * steps), k, fresh)
+    t_gd = paired_times(lambda q: R.gd_steps(q, [], Xf, y, [0.2] * steps),
+                        lambda q: J.gd_steps(q, [], C, y, [0.2] * steps), k, fresh)
     add(f"full-batch training loop (gd_steps, {steps} iterations, per iteration)",
-        t_ref_gd / steps, t_jit_gd / steps, 60000, FLOPS_TRAIN)
+        (t_gd[0] / steps, t_gd[1] / steps, t_gd[2]), 60000, FLOPS_TRAIN)
 
     perm = np.random.default_rng(0).permutation(60000)
     lrs = np.full(469, 0.01)
     ph = fastmlp.init_params(scheme="he", seed=0, dtype=dt)
     fresh = lambda: (ph.copy(),)  # noqa: E731
-    t_ref_ep = median_time(lambda q: R.sgd_epoch(q, [], Xf, y, perm, 128, lrs), max(3, k // 2), fresh)
-    t_jit_ep = median_time(lambda q: J.sgd_epoch(q, [], C, y, perm, 128, lrs), k, fresh)
-    add("one mini-batch epoch, batch 128, 60,000 images (sgd_epoch)", t_ref_ep, t_jit_ep,
+    add("one mini-batch epoch, batch 128, 60,000 images (sgd_epoch)",
+        paired_times(lambda q: R.sgd_epoch(q, [], Xf, y, perm, 128, lrs),
+                     lambda q: J.sgd_epoch(q, [], C, y, perm, 128, lrs), k, fresh),
         60000, FLOPS_TRAIN, unit="epochs/s")
 
     trained = ph.copy()            # inference on a trained network (one epoch of Nesterov SGD)
     J.sgd_epoch(trained, R.init_state(trained, "nesterov"), C, y, perm, 128, np.full(469, 0.1),
                 optimizer="nesterov")
-    t_ref_inf = median_time(lambda: R.predict(trained, Xtf), k)
-    t_jit_inf = median_time(lambda: J.predict(trained, Ct), k)
-    t_jit_inf_dense = median_time(lambda: J.predict(trained, Xtf), k)
-    add("inference, 10,000 test images (predict), data compressed once", t_ref_inf, t_jit_inf,
+    add("inference, 10,000 test images (predict), data compressed once",
+        paired_times(lambda: R.predict(trained, Xtf), lambda: J.predict(trained, Ct), k),
         10000, FLOPS_FORWARD, unit="images/s", per=10000)
-    add("inference, 10,000 test images (predict), dense float X", t_ref_inf, t_jit_inf_dense,
+    add("inference, 10,000 test images (predict), dense float X",
+        paired_times(lambda: R.predict(trained, Xtf), lambda: J.predict(trained, Xtf), k),
         10000, FLOPS_FORWARD, unit="images/s", per=10000)
 
     # parallelism: the kernels with 1 thread and with all, and the dense-BLAS floor
     n_threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    t_one = median_time(lambda: J.loss_and_grads(p, C, y), k)
-    numba.set_num_threads(n_threads)
-    add(f"loss_and_grads (compressed), numba with 1 thread vs {n_threads}", t_one, t_csr,
-        60000, FLOPS_TRAIN)
+
+    def one_thread():
+        numba.set_num_threads(1)
+        try:
+            J.loss_and_grads(p, C, y)
+        finally:
+            numba.set_num_threads(n_threads)
+
+    add(f"loss_and_grads (compressed), numba with 1 thread vs {n_threads}",
+        paired_times(one_thread, lambda: J.loss_and_grads(p, C, y), k), 60000, FLOPS_TRAIN)
     W1 = p.weights[0]
     dZ = np.ones((60000, 72), dt)
-    t_blas = median_time(lambda: (Xf @ W1, Xf.T @ dZ), k)
     add("dense BLAS alone: X @ W1 and X.T @ dZ1 (the two big products), vs numba's whole pass",
-        t_blas, t_csr, 60000, FLOPS_TRAIN)
+        paired_times(lambda: (Xf @ W1, Xf.T @ dZ), lambda: J.loss_and_grads(p, C, y), k),
+        60000, FLOPS_TRAIN)
 
     extra = {}
     if not args.skip_subprocess:
@@ -197,12 +222,13 @@ def main(argv=None):
     print(f"# fastmlp: numba vs reference ({time.strftime('%Y-%m-%d')}, "
           f"{fastmlp.cli.machine_info()['cpu']}, {os.cpu_count()} cores, numba threads "
           f"{n_threads}, BLAS threads {blas[0]['num_threads'] if blas else '?'}; "
-          f"float32 matmul rate {rate:.0f} GFLOP/s; medians of {k})")
+          f"float32 matmul rate {rate:.0f} GFLOP/s; medians of {k}, ratios: medians of {k} "
+          f"alternating pairs)")
     print()
     print("| measurement | reference | numba | ratio | numba rate | fraction of matmul rate |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
+        ratio = f"{r['ratio']:.2f}x"
         print(f"| {r['measurement']} | {1e3 * r['reference_s']:.1f} ms | {1e3 * r['numba_s']:.1f} ms "
               f"| {ratio} | {r['rate']:,.1f} {r['unit']} | {100 * r['fraction_of_matmul']:.1f}% |")
     if extra:
