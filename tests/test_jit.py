@@ -137,12 +137,47 @@ def test_csr_input_equals_dense_input(mnist_train):
     Xf = R.prepare(X[:50], np.float32)
     C = J.prepare(X[:50], np.float32)
     assert C.values.dtype == np.uint8 and C.dtype == np.float32
+    assert J._band_cuts(params, C).shape[0] == (0 if JIT_DISABLED else 2)   # CSR: in 3 bands
     ld, gd = J.loss_and_grads(params, Xf, y[:50])
     lc, gc = J.loss_and_grads(params, C, y[:50])
     assert ld == lc
     for a, b in zip(gd.arrays(), gc.arrays()):
         assert np.array_equal(a, b)
     assert np.array_equal(J.predict_proba(params, Xf), J.predict_proba(params, C))
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pixel_bands_change_no_bit(mnist_train, dtype):
+    """On a CSR the forward kernels add each row's first-layer terms band by band (_band_cuts,
+    cached with the CSR); on dense X in one run. Every output is the same bits either way.
+    (The uint8 CSR of prepare, with the training kernels: test_csr_input_equals_dense_input.)"""
+    import gc
+    X = mnist_train[0][:300]
+    params = init_params(dtype=dtype)
+    Xf = X.astype(dtype) / dtype(255)
+    C = J.to_csr(Xf)     # float values: the kernels the dense input compiles (uint8: see above)
+    before = len(J._CSR_CACHE)
+    cuts = J._band_cuts(params, C)
+    if JIT_DISABLED:                  # no IR row loop without the JIT: no bands
+        assert cuts.shape == (0, len(C))
+        return
+    assert cuts.shape == (2 if dtype == np.float32 else 5, len(C))    # 3 or 6 bands
+    assert J._band_cuts(params, C) is cuts and len(J._CSR_CACHE) == before + 1
+    bounds = np.vstack([C.indptr[:-1], cuts, C.indptr[1:]])
+    assert np.all(np.diff(bounds, axis=0) >= 0)                      # bands in order in each row
+    assert np.all(np.diff(bounds, axis=0).max(axis=1) > 0)           # none empty everywhere
+    for k in range(len(bounds) - 1):                                 # band k: pixels in one range
+        band = np.concatenate([C.indices[a:b] for a, b in zip(bounds[k], bounds[k + 1])])
+        later = np.concatenate([C.indices[a:b] for a, b in zip(bounds[k + 1], bounds[-1])])
+        assert band.size == 0 or later.size == 0 or band.max() < later.min()
+    for a, b in zip(J.forward(params, C)[1:], J.forward(params, Xf)[1:]):
+        assert np.array_equal(a, b)
+    assert np.array_equal(J.predict_proba(params, C), J.predict_proba(params, Xf))
+    assert np.array_equal(J.predict(params, C), J.predict(params, Xf))
+    del C, cuts
+    gc.collect()
+    assert len(J._CSR_CACHE) == before
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,12 +381,12 @@ def test_split_index_is_made_once_per_csr_and_forgotten_with_it(mnist_train):
     same arrays on the next epoch, equal to a fresh computation, and dropped when the CSR dies."""
     import gc
     p = init_params(dtype=np.float32)
-    before = len(J._SPLIT_INDEX)
+    before = len(J._CSR_CACHE)
     C = J.prepare(mnist_train[0][:300], np.float32)
     jsplit, cut = J._split_index(p, C)
-    assert J._split_index(p, C)[1] is cut and len(J._SPLIT_INDEX) == before + 1
+    assert J._split_index(p, C)[1] is cut and len(J._CSR_CACHE) == before + 1
     assert jsplit == J._split_point(p, C)
-    assert np.array_equal(cut, J._row_cuts(C.indptr, C.indices, jsplit))
+    assert np.array_equal(cut, J._row_cuts(C.indptr, C.indices, np.array([jsplit]))[0])
     starts, ends = C.indptr[:-1], C.indptr[1:]
     assert np.all((starts <= cut) & (cut <= ends))
     for i in range(len(C)):
@@ -361,7 +396,7 @@ def test_split_index_is_made_once_per_csr_and_forgotten_with_it(mnist_train):
     assert J._split_index(p, other)[1] is not cut
     del C, other, starts, ends, row       # (views keep the CSR's arrays alive)
     gc.collect()
-    assert len(J._SPLIT_INDEX) == before
+    assert len(J._CSR_CACHE) == before
 
 
 @pytest.mark.small
