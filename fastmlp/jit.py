@@ -44,11 +44,17 @@ weight-gradient row read, updated and stored once per entry. Where the time goes
 all 60,000 images, about 75 ms for loss_and_grads): the sparse forward about 2.9 ns and the
 gradient scatter about 3.4 ns per non-zero pixel, 9 million of them (each a multiply-add of a
 72-float row that comes from L2, and for the gradient a read-modify-write of one), the dense layers
-~20 ms, transposes and softmax the rest. Measured and dropped, each slower or no faster here: a
+~20 ms, transposes and softmax the rest. Where the rows are read in order (full batches, the
+forward) the forward runs in *pixel bands* instead: every row's entries of the first third of the
+pixels, then of the next (``_sparse_matmul_bands``, with each row's band boundaries found once per
+dataset: ``_band_cuts``), so that the weight rows in use are a third of W1 at a time: 2.2 ns per
+non-zero pixel, the same bits. Mini-batches read rows at random, and there bands cost more than
+they save (``_NO_BANDS``). Measured and dropped, each slower or no faster here: a
 compressed-sparse-*column* pass over each block (reads each weight row once per block, but building
-the transposed index costs what it saves); blocking the first layer by ranges of pixels so the
-weight rows stay in L1 (the bookkeeping costs more than the L2 reads it saves; tried again with the
-IR loops: 0.8-1.04x); row-by-row dense layers (a quarter of the block version's speed); padding the
+the transposed index costs what it saves; the same for the split step's weight gradient: the sort
+alone cost more than the scatter); blocking the first layer by ranges of pixels with the ranges
+found per block (the bookkeeping costs more than the L2 reads it saves; tried again with the IR
+loops: 0.8-1.04x); row-by-row dense layers (a quarter of the block version's speed); padding the
 hidden width to 80; more entries per pass (8 instead of 4); two gradient entries per pass sharing
 the loads of dz (their rows may overlap as far as LLVM knows, which brings back the overlap
 checks); two accumulators per row in the IR loop; copying each block's entries into a block-local
@@ -1370,7 +1376,7 @@ def _split_point(params: Params, csr: CSR) -> int:
 # Indexes of a dataset that the kernels reuse: the split step's split pixel and, for every row,
 # where its entries of the upper pixels start (``_row_cuts``: one pass over the data instead of a
 # search per row and step, whose dependent cache misses cost more; 1.3 ms per epoch for MNIST's
-# training set otherwise), and the forward kernels' pixel bands (_band_cuts). Each depends only
+# training set otherwise), and the pixel bands (_band_cuts). Each depends only
 # on the CSR and the first layer's row size, so it is made on first use and kept while the CSR
 # lives. A CSR is not changed after to_csr builds it.
 _CSR_CACHE: dict = {}
@@ -1396,11 +1402,12 @@ def _split_index(params: Params, csr: CSR):
     return _cached_for_csr(csr, ("split", params.sizes[1] * params.dtype.itemsize), make)
 
 
-BAND_BYTES = 80 * 1024   # first-layer weight rows per pixel band in the forward kernels
+BAND_BYTES = 80 * 1024   # first-layer weight rows per pixel band (see _band_cuts)
 
 
 def _band_cuts(params: Params, csr: CSR) -> np.ndarray:
-    """The forward kernels' pixel bands for this CSR: (B - 1, n) int64, row i's entries of band k
+    """The pixel bands of this CSR for the kernels that read its rows in order (the forward ones,
+    and the slot step of full batches; see _NO_BANDS): (B - 1, n) int64, row i's entries of band k
     are cuts[k - 1, i]:cuts[k, i] (with indptr[i] and indptr[i + 1] at the ends). B bands of
     pixels whose first-layer weight rows total about BAND_BYTES, cut at equal shares of the
     entries (counted on the first 2,000 rows): 3 for the default float32 network. Only where
