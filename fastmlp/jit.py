@@ -1360,6 +1360,13 @@ def _update_from_slots(Ws, bs, pWs, pbs, mWs, mbs, vWs, vbs, code, lr, hp, wd, c
 SPLIT_MAX_BATCH = 512   # mini-batches up to this many rows take the split step
 
 
+def _pixel_counts(csr: CSR, n_in: int) -> np.ndarray:
+    """Cumulative count of non-zero entries per pixel (column), over the first (up to) 2,000
+    rows: where the work of the first layer lies, for the split point and the pixel bands."""
+    sample = csr.indices[:csr.indptr[min(len(csr), 2000)]]
+    return np.cumsum(np.bincount(sample, minlength=n_in))
+
+
 def _split_point(params: Params, csr: CSR) -> int:
     """Half 0 owns first-layer weight rows (pixels) [0, j), half 1 [j, n_in): j is where half of
     the non-zero pixels of the first (up to) 2,000 rows lie below (so both halves get about the
@@ -1367,8 +1374,7 @@ def _split_point(params: Params, csr: CSR) -> int:
     array), so that the two halves never write to the same line. For MNIST, j = 406."""
     n_in, H = params.sizes[0], params.sizes[1]
     step = 64 // math.gcd(64, H * params.dtype.itemsize)
-    sample = csr.indices[:csr.indptr[min(len(csr), 2000)]]
-    counts = np.cumsum(np.bincount(sample, minlength=n_in))
+    counts = _pixel_counts(csr, n_in)
     j = int(np.searchsorted(counts, counts[-1] / 2)) if counts[-1] > 0 else n_in // 2
     return int(min(n_in, step * round(j / step)))
 
@@ -1420,8 +1426,7 @@ def _band_cuts(params: Params, csr: CSR) -> np.ndarray:
         return np.zeros((0, len(csr)), dtype=np.int64)
 
     def make():
-        sample = csr.indices[:csr.indptr[min(len(csr), 2000)]]
-        counts = np.cumsum(np.bincount(sample, minlength=n_in))
+        counts = _pixel_counts(csr, n_in)
         edges = np.searchsorted(counts, counts[-1] * np.arange(1, B) / B, side="right")
         return _row_cuts(csr.indptr, csr.indices, edges.astype(np.int64))
     return _cached_for_csr(csr, ("bands", H * params.dtype.itemsize), make)
