@@ -213,14 +213,126 @@ def _count_nonzero_rows(X):
     return counts
 
 
+CHUNK = 16   # columns per step of _fill_csr
+
+
+def _target_has(feature: str) -> bool:
+    """Whether Numba compiles for a CPU with this feature (e.g. "avx512f"): the host's, or what
+    NUMBA_CPU_NAME/NUMBA_CPU_FEATURES say. (Numba keys its cache by the same CPU and features.)"""
+    from numba.core.registry import cpu_target
+    return f"+{feature}" in cpu_target.target_context.codegen()._tm_features.split(",")
+
+
+def _compress_chunk(x, j, indices, values, p):
+    """Copy the non-zero x[j:j + CHUNK] to values[p:], their columns to indices[p:], in order;
+    return p plus their count. This body is the plain loop (and runs without the JIT and on CPUs
+    without AVX-512); with AVX-512 compiled code runs _compress_ir instead: the same output."""
+    for k in range(j, j + CHUNK):
+        v = x[k]
+        if v != 0:
+            indices[p] = k
+            values[p] = v
+            p += 1
+    return p
+
+
+def _compress_lanes(builder, xdata, idata, vdata, j, p, et, n, is_float):
+    """IR for n lanes at x[j:j+n]: mask = x != 0; compress the values and the column numbers
+    j..j+n-1 to the front of a register (llvm.experimental.vector.compress: vcompressps/
+    vpcompressw into a register, cheap, unlike the memory form, which Zen 4 runs as microcode);
+    store the first popcount(mask) lanes with a masked store (so nothing past this chunk's own
+    entries is written, and a row never writes into the next row's entries, which another thread
+    may be filling). Returns p + popcount(mask)."""
+    i32, i16 = ir.IntType(32), ir.IntType(16)
+    M = ir.VectorType(ir.IntType(1), n)
+    V = ir.VectorType(et, n)
+    x = builder.load(builder.bitcast(builder.gep(xdata, [j]), V.as_pointer()), align=1)
+    zero = ir.Constant(V, None)
+    # "une" (unordered or not equal) is the scalar v != 0: NaN kept, -0.0 dropped
+    mask = builder.fcmp_unordered("!=", x, zero) if is_float else builder.icmp_unsigned("!=", x, zero)
+    bits = builder.bitcast(mask, ir.IntType(n))
+    ctpop = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(bits.type, [bits.type]), f"llvm.ctpop.i{n}")
+    count = builder.zext(builder.call(ctpop, [bits]), ir.IntType(64))
+    first = builder.sub(builder.shl(ir.Constant(i32, 1), builder.trunc(count, i32)),
+                        ir.Constant(i32, 1))
+    first = builder.bitcast(builder.trunc(first, ir.IntType(n)), M)   # the first `count` lanes
+
+    def compress_store(vec, base):
+        vt = vec.type
+        e = vt.element
+        name = {ir.FloatType: "f32", ir.DoubleType: "f64"}.get(type(e)) or f"i{e.width}"
+        compress = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vt, [vt, M, vt]),
+            f"llvm.experimental.vector.compress.v{n}{name}")
+        packed = builder.call(compress, [vec, mask, ir.Constant(vt, ir.Undefined)])
+        store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, M]),
+            f"llvm.masked.store.v{n}{name}.p0")
+        builder.call(store, [packed, builder.bitcast(builder.gep(base, [p]), vt.as_pointer()),
+                             ir.Constant(i32, 1), first])
+
+    compress_store(x, vdata)
+    IV = ir.VectorType(i16, n)
+    j16 = builder.insert_element(ir.Constant(IV, ir.Undefined), builder.trunc(j, i16),
+                                 ir.Constant(i32, 0))
+    j16 = builder.shuffle_vector(j16, ir.Constant(IV, ir.Undefined),
+                                 ir.Constant(ir.VectorType(i32, n), [0] * n))
+    compress_store(builder.add(j16, ir.Constant(IV, list(range(n)))), idata)
+    return builder.add(p, count)
+
+
+@intrinsic
+def _compress_ir(typingctx, x, j, indices, values, p):
+    """_compress_chunk in AVX-512 registers: CHUNK columns as 512-bit vectors (16 float32 or
+    uint8 lanes, or two vectors of 8 float64: LLVM's code for one 16-lane float64 compress
+    crashed here)."""
+    for a in (x, indices, values):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"):
+            raise numba.core.errors.TypingError(f"_compress_ir needs C-contiguous 1-D arrays; got {a}")
+
+    def codegen(context, builder, sig, args):
+        xt, _, it, vt = sig.args[:4]
+        xa, ia, va = (context.make_array(t)(context, builder, a)
+                      for t, a in ((xt, args[0]), (it, args[2]), (vt, args[3])))
+        et = context.get_value_type(xt.dtype)
+        lanes = min(CHUNK, 512 // xt.dtype.bitwidth)
+        p = args[4]
+        for k in range(0, CHUNK, lanes):
+            j = builder.add(args[1], ir.Constant(ir.IntType(64), k))
+            p = _compress_lanes(builder, xa.data, ia.data, va.data, j, p, et, lanes,
+                                isinstance(xt.dtype, types.Float))
+        return p
+    return types.int64(x, types.int64, indices, values, types.int64), codegen
+
+
+@overload(_compress_chunk, jit_options=dict(_STRICT, inline="always"))
+def _compress_chunk_impl(x, j, indices, values, p):
+    # Without AVX-512, LLVM emulates the compress lane by lane, 2-3x slower than the plain loop
+    # (measured by compiling for haswell and x86-64 on this machine): keep the loop there.
+    if _target_has("avx512f"):
+        return lambda x, j, indices, values, p: _compress_ir(x, j, indices, values, p)
+    return _compress_chunk
+
+
 @njit(parallel=True, **_STRICT)
 def _fill_csr(X, indptr, indices, values):
+    """Write row i's non-zero entries at indptr[i]:indptr[i + 1], CHUNK columns at a time. With
+    AVX-512 a chunk is a few instructions without branches (60,000 MNIST rows in float32: 7 ms,
+    against 24 ms for the plain loop, whose branch on each pixel mispredicts at every stroke
+    edge; the count pass and reading X are the rest of to_csr)."""
+    m = X.shape[1]
     for i in prange(X.shape[0]):
+        x = X[i]
         p = indptr[i]
-        for j in range(X.shape[1]):
-            v = X[i, j]
+        j = 0
+        while j + CHUNK <= m:
+            p = _compress_chunk(x, j, indices, values, p)
+            j += CHUNK
+        for k in range(j, m):
+            v = x[k]
             if v != 0:
-                indices[p] = j
+                indices[p] = k
                 values[p] = v
                 p += 1
 

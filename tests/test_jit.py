@@ -147,6 +147,29 @@ def test_csr_input_equals_dense_input(mnist_train):
 
 
 @pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [784, 37, 5])
+def test_to_csr_is_numpys_nonzero(mnist_train, dtype, n_cols):
+    """to_csr against a compression built with NumPy, entry by entry: real images, an all-zero
+    row, a row with no zeros, NaN and inf (kept), -0.0 (dropped, as 0.0), a row's last column;
+    widths that are (784 = 49 * 16) and are not (37, 5) a multiple of the 16 columns that
+    _fill_csr compresses per step."""
+    X = mnist_train[0][:40, :n_cols].astype(dtype)
+    if dtype != np.uint8:
+        X /= dtype(255)
+        X[2, 1], X[2, 3], X[2, -1], X[3, 2] = np.nan, np.inf, -np.inf, -0.0
+    X[0] = 0
+    X[1] = np.arange(1, n_cols + 1) % 250 + 1
+    X[4, -1] = 7
+    C = J.to_csr(X)
+    rows, cols = np.nonzero(X)                      # row-major order: a row's columns sorted
+    assert C.indices.dtype == np.uint16 and C.values.dtype == X.dtype and C.n_cols == n_cols
+    assert np.array_equal(C.indptr, np.r_[0, np.cumsum(np.bincount(rows, minlength=len(X)))])
+    assert np.array_equal(C.indices, cols)
+    assert np.array_equal(C.values, X[rows, cols], equal_nan=dtype != np.uint8)
+
+
+@pytest.mark.small
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pixel_bands_change_no_bit(mnist_train, dtype):
     """On a CSR the forward kernels add each row's first-layer terms band by band (_band_cuts,
