@@ -1291,12 +1291,14 @@ def _sum_slots(pWs, pbs, gWs, gbs):
 def _forward_kernel(Ws, bs, indptr, indices, values, lut, offs, outs, proba, labels, width,
                     bands):
     """Forward every row. With proba False: outs[l] (n, sizes[l+1]) receives layer l's output
-    (logits for the last). With proba True: outs[0] (n, 10) receives the softmax probabilities
-    and the hidden layers are not stored. If labels has n entries (else it is empty), it receives
+    (logits for the last). With proba True: outs[-1] (n, 10) receives the softmax probabilities
+    and the hidden layers are not stored (their outs are empty (0, sizes[l+1]) arrays: one tuple
+    type for both uses, so forward and predict_proba share one compiled kernel; 7-9 s of
+    compiling each). If labels has n entries (else it is empty), it receives
     each row's most probable class instead, found by the thread that owns the row: read from
     the logits where the largest is clear of the others (_clear_argmax; no exp, no division, no
     probabilities written), else the first maximum of the row's probabilities, which are then
-    computed and written to outs[0] for that block only. The first layer runs in pixel bands
+    computed and written to outs[-1] for that block only. The first layer runs in pixel bands
     (bands: _band_cuts; none if it has no rows). prange over row ranges (each owns its output
     rows)."""
     n = indptr.shape[0] - 1
@@ -1331,7 +1333,7 @@ def _forward_range(Ws, bs, indptr, indices, values, lut, offs, outs, proba, labe
                 z = Z[m]
                 for t in range(nb):
                     z[t] = z[t] / colsum[t]
-            P = outs[0]
+            P = outs[L - 1]
             _to_rows(P, b0, Z, nb)
             if labels.shape[0] > 0:
                 _argmax_rows(P, b0, b0 + nb, labels)
@@ -2003,7 +2005,8 @@ def _probabilities(params: Params, X, labels: bool):
     P = np.empty((n, params.sizes[-1]), params.dtype)
     out = np.empty(n, dtype=np.int64) if labels else _NO_LABELS
     Ws, bs = _tuples(params)
-    _forward_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, _offsets(params), (P,),
+    outs = tuple(np.empty((0, m), params.dtype) for m in params.sizes[1:-1]) + (P,)
+    _forward_kernel(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, _offsets(params), outs,
                     True, out, _first_width(params), _bands_for(params, X, csr))
     return P, out
 
