@@ -221,7 +221,11 @@ def _target_has(feature: str) -> bool:
     """Whether Numba compiles for a CPU with this feature (e.g. "avx512f"): the host's, or what
     NUMBA_CPU_NAME/NUMBA_CPU_FEATURES say. (Numba keys its cache by the same CPU and features.)"""
     from numba.core.registry import cpu_target
-    return f"+{feature}" in cpu_target.target_context.codegen()._tm_features.split(",")
+    try:
+        features = cpu_target.target_context.codegen()._tm_features   # (Numba internals)
+    except AttributeError:      # another Numba: assume nothing, the plain loops serve everywhere
+        return False
+    return f"+{feature}" in features.split(",")
 
 
 def _compress_chunk(x, j, indices, values, p):
@@ -250,7 +254,8 @@ def _compress_lanes(builder, xdata, idata, vdata, j, p, et, n, is_float):
     x = builder.load(builder.bitcast(builder.gep(xdata, [j]), V.as_pointer()), align=1)
     zero = ir.Constant(V, None)
     # "une" (unordered or not equal) is the scalar v != 0: NaN kept, -0.0 dropped
-    mask = builder.fcmp_unordered("!=", x, zero) if is_float else builder.icmp_unsigned("!=", x, zero)
+    mask = (builder.fcmp_unordered("!=", x, zero) if is_float
+            else builder.icmp_unsigned("!=", x, zero))
     bits = builder.bitcast(mask, ir.IntType(n))
     ctpop = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(bits.type, [bits.type]), f"llvm.ctpop.i{n}")
@@ -290,7 +295,8 @@ def _compress_ir(typingctx, x, j, indices, values, p):
     crashed here)."""
     for a in (x, indices, values):
         if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"):
-            raise numba.core.errors.TypingError(f"_compress_ir needs C-contiguous 1-D arrays; got {a}")
+            raise numba.core.errors.TypingError(
+                f"_compress_ir needs C-contiguous 1-D arrays; got {a}")
 
     def codegen(context, builder, sig, args):
         xt, _, it, vt = sig.args[:4]

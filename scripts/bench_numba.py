@@ -5,7 +5,8 @@
 
 Rows: loss_and_grads on all 60,000 training images (float32), the full-batch training loop, one
 mini-batch epoch at batch 128, inference on the 10,000 test images, the thread scaling of the
-kernels, the epoch with both sides on one core, peak memory of full-batch training, and cold/warm start. Every time is the median of
+kernels, the epoch with both sides on one core, peak memory of full-batch training, and
+cold/warm start. Every time is the median of
 --repeats runs measured here, now; the reference and numba are timed in alternation, and a ratio
 is the median of the --repeats pairs' ratios (see paired_times). "fraction" is the
 dense-equivalent GFLOP/s (what the dense algorithm would have to do: 243,504 FLOP per image and
