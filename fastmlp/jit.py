@@ -59,7 +59,10 @@ loops: 0.8-1.04x); row-by-row dense layers (a quarter of the block version's spe
 hidden width to 80; more entries per pass (8 instead of 4); two gradient entries per pass sharing
 the loads of dz (their rows may overlap as far as LLVM knows, which brings back the overlap
 checks); two accumulators per row in the IR loop; copying each block's entries into a block-local
-CSR in the working dtype (the copy cost as much as the multiply-adds it fed).
+CSR in the working dtype (the copy cost as much as the multiply-adds it fed); prefetching the
+weight rows of entries a few ahead in the IR loop (loss_and_grads on one thread 67 -> 77-87 ms);
+the split step's weight gradient in pixel bands small enough for L1 (37.5 -> 42-46 us per
+half-step: the scatter is not waiting on L2).
 
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
