@@ -320,7 +320,8 @@ def _compress_ir(typingctx, x, j, indices, values, p):
 def _compress_chunk_impl(x, j, indices, values, p):
     # Without AVX-512, LLVM emulates the compress lane by lane, 2-3x slower than the plain loop
     # (measured by compiling for haswell and x86-64 on this machine): keep the loop there.
-    if _target_has("avx512f"):
+    if _target_has("avx512f") and (isinstance(x.dtype, types.Integer) or x.dtype in (
+            types.float32, types.float64)):
         return lambda x, j, indices, values, p: _compress_ir(x, j, indices, values, p)
     return _compress_chunk
 
@@ -351,6 +352,10 @@ def to_csr(X, dtype=None) -> CSR:
     """Compress a batch: uint8 pixels (divided by 255 in ``dtype``, exactly as the reference's
     ``prepare`` does) or float values (kept as they are). Columns must fit in uint16."""
     X = np.ascontiguousarray(X)
+    if X.dtype not in (np.uint8, np.float32, np.float64):
+        raise TypeError(f"X must hold uint8 pixels or float32/float64 values; got {X.dtype}")
+    if dtype is not None and np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64; got {np.dtype(dtype)}")
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n, features); got shape {X.shape}")
     if X.shape[1] > 65535:

@@ -170,6 +170,18 @@ def test_to_csr_is_numpys_nonzero(mnist_train, dtype, n_cols):
 
 
 @pytest.mark.small
+@pytest.mark.parametrize("X, dtype, msg", [
+    (np.ones((2, 3), np.int32), None, "X must hold uint8 pixels or float32/float64 values; got int32"),
+    (np.ones((2, 3), bool), None, "got bool"),
+    (np.ones((2, 3), np.float16), None, "got float16"),
+    (np.ones((2, 3), np.uint8), np.int64, "dtype must be float32 or float64; got int64"),
+])
+def test_to_csr_rejects_other_dtypes(X, dtype, msg):
+    with pytest.raises(TypeError, match=msg):
+        J.to_csr(X, dtype)
+
+
+@pytest.mark.small
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pixel_bands_change_no_bit(mnist_train, dtype):
     """On a CSR the forward kernels add each row's first-layer terms band by band (_band_cuts,
