@@ -62,7 +62,8 @@ checks); two accumulators per row in the IR loop; copying each block's entries i
 CSR in the working dtype (the copy cost as much as the multiply-adds it fed); prefetching the
 weight rows of entries a few ahead in the IR loop (loss_and_grads on one thread 67 -> 77-87 ms);
 the split step's weight gradient in pixel bands small enough for L1 (37.5 -> 42-46 us per
-half-step: the scatter is not waiting on L2).
+half-step: the scatter is not waiting on L2); 512-bit vectors in the IR row loops (the same bits,
+and within 3% either way: Zen 4 splits them into two 256-bit halves).
 
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
