@@ -119,6 +119,7 @@ from numba.core import cgutils
 from numba.extending import (NativeValue, intrinsic, models, overload, register_model, typeof_impl,
                              unbox)
 from llvmlite import ir
+from llvmlite.binding import llvm_version_info
 
 from .params import Params, empty_aligned, zeros_aligned
 from ._validate import check_X, check_y, check_params, check_finite, check_perm, check_state
@@ -321,8 +322,9 @@ def _compress_ir(typingctx, x, j, indices, values, p):
 def _compress_chunk_impl(x, j, indices, values, p):
     # Without AVX-512, LLVM emulates the compress lane by lane, 2-3x slower than the plain loop
     # (measured by compiling for haswell and x86-64 on this machine): keep the loop there.
-    if _target_has("avx512f") and (isinstance(x.dtype, types.Integer) or x.dtype in (
-            types.float32, types.float64)):
+    # (llvm.experimental.vector.compress exists from LLVM 19 on)
+    if _target_has("avx512f") and llvm_version_info >= (19,) and (
+            isinstance(x.dtype, types.Integer) or x.dtype in (types.float32, types.float64)):
         return lambda x, j, indices, values, p: _compress_ir(x, j, indices, values, p)
     return _compress_chunk
 
