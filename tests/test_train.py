@@ -29,14 +29,14 @@ def test_fast_default_recipe_reaches_98_percent(mnist_train, mnist_test):
     assert result.steps == 10 * 469
 
 
-@pytest.mark.parametrize("backend", ["reference", "numba"])
-def test_both_backends_give_the_same_run(mnist_train, backend):
+def test_both_backends_give_the_same_run(mnist_train):
+    """The same run (validation split, evaluation every epoch) on both backends, in float64.
+    (One run each: parametrizing by backend would repeat the same pair of runs.)"""
     X, y = mnist_train
-    cfg = Config(backend=backend, optimizer="nesterov", epochs=1, batch_size=256, lr=0.05,
+    cfg = Config(backend="reference", optimizer="nesterov", epochs=1, batch_size=256, lr=0.05,
                  val_fraction=0.1, dtype="float64", eval_every=1)
     result = fit(cfg, X[:6000], y[:6000], progress=False)
-    other = fit(Config(**{**cfg.__dict__, "backend": "numba" if backend == "reference" else "reference"}),
-                X[:6000], y[:6000], progress=False)
+    other = fit(Config(**{**cfg.__dict__, "backend": "numba"}), X[:6000], y[:6000], progress=False)
     for a, b in zip(result.params.arrays(), other.params.arrays()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
     assert result.history["val_accuracy"] == pytest.approx(other.history["val_accuracy"])
