@@ -233,17 +233,24 @@ def _target_has(feature: str) -> bool:
     return f"+{feature}" in features.split(",")
 
 
-def _compress_chunk(x, j, indices, values, p):
-    """Copy the non-zero x[j:j + CHUNK] to values[p:], their columns to indices[p:], in order;
-    return p plus their count. This body is the plain loop (and runs without the JIT and on CPUs
-    without AVX-512); with AVX-512 compiled code runs _compress_ir instead: the same output."""
-    for k in range(j, j + CHUNK):
+@njit(inline="always", **_STRICT)
+def _compress_range(x, j0, j1, indices, values, p):
+    """Copy the non-zero x[j0:j1] to values[p:], their columns to indices[p:], in order; return
+    p plus their count. The plain loop."""
+    for k in range(j0, j1):
         v = x[k]
         if v != 0:
             indices[p] = k
             values[p] = v
             p += 1
     return p
+
+
+def _compress_chunk(x, j, indices, values, p):
+    """_compress_range over the CHUNK columns from j. This body (the plain loop) runs without
+    the JIT and on CPUs without AVX-512; with AVX-512 compiled code runs _compress_ir instead:
+    the same output."""
+    return _compress_range(x, j, j + CHUNK, indices, values, p)
 
 
 def _compress_lanes(builder, xdata, idata, vdata, j, p, et, n, is_float):
@@ -343,12 +350,7 @@ def _fill_csr(X, indptr, indices, values):
         while j + CHUNK <= m:
             p = _compress_chunk(x, j, indices, values, p)
             j += CHUNK
-        for k in range(j, m):
-            v = x[k]
-            if v != 0:
-                indices[p] = k
-                values[p] = v
-                p += 1
+        _compress_range(x, j, m, indices, values, p)
 
 
 def to_csr(X, dtype=None) -> CSR:
@@ -2009,7 +2011,7 @@ _NO_LABELS = np.zeros(0, dtype=np.int64)
 def _bands_for(params: Params, X, csr: CSR) -> np.ndarray:
     """Pixel bands for a CSR the caller made (cached with it); none for dense X, compressed for
     this call only (finding them would cost about what they save in one pass)."""
-    return _band_cuts(params, csr) if X is csr else np.zeros((0, len(csr)), dtype=np.int64)
+    return _band_cuts(params, csr) if X is csr else _NO_BANDS
 
 
 def _probabilities(params: Params, X, labels: bool):
