@@ -164,26 +164,41 @@ MIN_SLOT_ROWS = 64   # a slot gets at least this many rows
 NSLOTS_FWD = 4       # row ranges for forward-only kernels (two per core; 16 cost 25% more here)
 
 
-class CSR(NamedTuple):
-    """A batch of inputs in compressed-sparse-row form.
-
-    indptr  int64 (n + 1,): row i's entries are indptr[i]:indptr[i + 1]
-    indices uint16 (nnz,): column (pixel) of each entry
-    values  uint8 pixels (nnz,), whose input value is lut[pixel] (= pixel / 255 in the working
-            dtype, exactly as the reference computes it); or float32/float64 values as they are
-    lut     float32 or float64 (256,) for uint8 values; empty, of the values' dtype, otherwise
-    n_cols  number of columns (784)
-
-    A CSR is not changed once built (the kernels cache indexes of it: _cached_for_csr).
-    uint8 values make the training set 3 bytes per non-zero pixel (27 MB for MNIST's 9 million),
-    small enough for the last-level cache, which matters when mini-batches visit rows at random.
-    """
-
+class _CSRFields(NamedTuple):
     indptr: np.ndarray
     indices: np.ndarray
     values: np.ndarray
     lut: np.ndarray
     n_cols: int
+
+
+class CSR(_CSRFields):
+    """A batch of inputs in compressed-sparse-row form.
+
+    indptr  int64 (n + 1,): row i's entries are indptr[i]:indptr[i + 1]
+    indices uint16 (nnz,): column (pixel) of each entry, increasing within each row
+    values  uint8 pixels (nnz,), whose input value is lut[pixel] (= pixel / 255 in the working
+            dtype, exactly as the reference computes it); or float32/float64 values as they are
+    lut     float32 or float64 (256,) for uint8 values; empty, of the values' dtype, otherwise
+    n_cols  number of columns (784)
+
+    ``to_csr`` and ``prepare`` make them. One made by hand is checked once, when a function
+    first receives it (``_check_csr``: the kernels do no bounds checks). A CSR is not changed
+    once built (the kernels cache indexes of it: _cached_for_csr). ``len`` is the number of rows.
+    uint8 values make the training set 3 bytes per non-zero pixel (27 MB for MNIST's 9 million),
+    small enough for the last-level cache, which matters when mini-batches visit rows at random.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def _make(cls, iterable):
+        # NamedTuple's own _make (behind _replace) counts the fields with len(), the rows here
+        result = tuple.__new__(cls, iterable)
+        if tuple.__len__(result) != len(cls._fields):
+            raise TypeError(f"a CSR has {len(cls._fields)} fields "
+                            f"({', '.join(cls._fields)}); got {tuple.__len__(result)}")
+        return result
 
     @property
     def shape(self):
@@ -377,7 +392,108 @@ def to_csr(X, dtype=None) -> CSR:
         lut = np.arange(256).astype(dt) / np.asarray(255, dtype=dt)
     else:
         lut = np.zeros(0, dtype=X.dtype)
-    return CSR(indptr, indices, values, lut, X.shape[1])
+    csr = CSR(indptr, indices, values, lut, X.shape[1])
+    _remember_checked(csr)
+    return csr
+
+
+# CSRs known to be well formed: every one to_csr made, and those _check_csr passed; by the id of
+# their indptr, forgotten with it. Each entry: weak references to the four arrays, n_cols, and
+# whether the values are all finite (found when first asked: _all_finite).
+_CHECKED_CSRS: dict = {}
+
+
+def _remember_checked(csr: CSR) -> None:
+    key = id(csr.indptr)
+    _CHECKED_CSRS[key] = [tuple(weakref.ref(a) for a in csr[:4]), csr.n_cols, None]
+    weakref.finalize(csr.indptr, _CHECKED_CSRS.pop, key, None)
+
+
+def _checked_entry(csr: CSR):
+    hit = _CHECKED_CSRS.get(id(csr.indptr))
+    if hit is not None and type(hit[1]) is type(csr.n_cols) and hit[1] == csr.n_cols \
+            and all(r() is a for r, a in zip(hit[0], csr[:4])):
+        return hit
+    return None
+
+
+def _describe(a) -> str:
+    if isinstance(a, np.ndarray):
+        layout = "" if a.flags.c_contiguous else "non-contiguous "
+        return f"{layout}{a.dtype} array of shape {a.shape}"
+    return type(a).__name__
+
+
+def _check_csr(csr: CSR) -> None:
+    """A CSR that to_csr did not make must be well formed before a kernel reads it: the kernels
+    do no bounds checks, so a column past n_cols or row pointers past the entries would read
+    and write outside the arrays. Checks the types (as the CSR docstring says), the row
+    pointers (from 0, never decreasing, to the number of entries), the columns (below n_cols,
+    increasing within each row) and the table; ValueError or TypeError saying what is wrong.
+    Once per CSR: a CSR that passed (or that to_csr made) is remembered while it lives."""
+    if _checked_entry(csr) is not None:
+        return
+    indptr, indices, values, lut, n_cols = csr
+    for name, a, want in (("indptr", indptr, np.int64), ("indices", indices, np.uint16),
+                          ("values", values, None), ("lut", lut, None)):
+        if not (isinstance(a, np.ndarray) and a.ndim == 1 and a.flags.c_contiguous
+                and (want is None or a.dtype == want)):
+            kind = f"{np.dtype(want)} " if want is not None else ""
+            raise TypeError(f"CSR {name} must be a C-contiguous 1-D {kind}array; got {_describe(a)}")
+    if values.dtype == np.uint8:
+        if lut.dtype not in (np.float32, np.float64) or lut.shape != (256,):
+            raise TypeError(f"CSR lut must be float32 or float64 of shape (256,) for uint8 values; "
+                            f"got {_describe(lut)}")
+    elif values.dtype in (np.float32, np.float64):
+        if lut.dtype != values.dtype or lut.size != 0:
+            raise TypeError(f"CSR lut must be an empty {values.dtype} array for {values.dtype} "
+                            f"values; got {_describe(lut)}")
+    else:
+        raise TypeError(f"CSR values must be uint8 pixels or float32/float64 values; got "
+                        f"{_describe(values)}")
+    if isinstance(n_cols, bool) or not isinstance(n_cols, (int, np.integer)) \
+            or not 1 <= n_cols <= 65535:
+        raise ValueError(f"CSR n_cols must be an integer in 1..65535; got {n_cols!r}")
+    nnz = len(indices)
+    if len(values) != nnz:
+        raise ValueError(f"CSR values must hold one value per entry ({nnz}); got {len(values)}")
+    if len(indptr) < 1 or indptr[0] != 0:
+        raise ValueError(f"CSR indptr must start at 0; got "
+                         f"{indptr[0] if len(indptr) else 'an empty array'}")
+    if indptr[-1] != nnz:
+        raise ValueError(f"CSR indptr must end at the number of entries ({nnz}); got {indptr[-1]}")
+    down = np.flatnonzero(indptr[1:] < indptr[:-1])
+    if len(down):
+        i = int(down[0])
+        raise ValueError(f"CSR indptr must not decrease; got indptr[{i + 1}] = {indptr[i + 1]} "
+                         f"after indptr[{i}] = {indptr[i]}")
+    if nnz and indices.max() >= n_cols:
+        k = int(np.argmax(indices >= n_cols))
+        raise ValueError(f"CSR indices must be below n_cols ({n_cols}); got {indices[k]} at entry "
+                         f"{k} (row {int(np.searchsorted(indptr, k, side='right')) - 1})")
+    step = 1 << 20                      # in pieces: no temporaries the size of the data
+    for a in range(1, nnz, step):
+        b = min(nnz, a + step)
+        drop = np.flatnonzero(indices[a:b] <= indices[a - 1:b - 1]) + a
+        drop = drop[~np.isin(drop, indptr)]     # a row's first entry may be below the last one's
+        if len(drop):
+            k = int(drop[0])
+            raise ValueError(f"CSR columns must increase within each row; row "
+                             f"{int(np.searchsorted(indptr, k, side='right')) - 1} has column "
+                             f"{indices[k]} after {indices[k - 1]} (entry {k})")
+    _remember_checked(csr)
+
+
+def _all_finite(csr: CSR) -> None:
+    """ValueError if a float CSR holds NaN or inf (checked once per CSR)."""
+    entry = _checked_entry(csr)
+    if entry[2] is None:
+        entry[2] = csr.values.dtype == np.uint8 or bool(np.isfinite(csr.values).all())
+    if not entry[2]:
+        k = int(np.flatnonzero(~np.isfinite(csr.values))[0])
+        raise ValueError(f"X must be finite; got {csr.values[k]} at row "
+                         f"{int(np.searchsorted(csr.indptr, k, side='right')) - 1}, column "
+                         f"{csr.indices[k]}")
 
 
 def prepare(X, dtype) -> CSR:
@@ -391,6 +507,7 @@ def prepare(X, dtype) -> CSR:
 def _as_csr(X, params: Params) -> CSR:
     """Boundary conversion: a CSR in the params' dtype, or a checked dense float X compressed."""
     if isinstance(X, CSR):
+        _check_csr(X)
         if X.n_cols != params.sizes[0]:
             raise ValueError(f"X must have shape (n, {params.sizes[0]}); got {X.shape}")
         if X.dtype != params.dtype:
@@ -2021,6 +2138,8 @@ def _probabilities(params: Params, X, labels: bool):
     if not isinstance(X, CSR):
         check_finite(check_X(X, params))
     csr = _as_csr(X, params)
+    if X is csr:
+        _all_finite(csr)
     n = len(csr)
     P = np.empty((n, params.sizes[-1]), params.dtype)
     out = np.empty(n, dtype=np.int64) if labels else _NO_LABELS
