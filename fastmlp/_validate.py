@@ -77,3 +77,83 @@ def check_state(state, params: Params, n_buffers: int) -> None:
             raise ValueError(f"optimizer state array {k} must be C-contiguous {ref.dtype} "
                              f"{ref.shape}; got {getattr(buf, 'dtype', type(buf).__name__)} "
                              f"{getattr(buf, 'shape', '')}")
+
+
+# Optimizer state buffers per parameter array, by optimizer (the names are reference.OPTIMIZERS).
+N_BUFFERS = {"gd": 0, "sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def check_step_number(t, name: str, minimum: int) -> int:
+    """An optimizer step counter (Adam's bias correction uses it): an integer >= minimum."""
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {t!r}")
+    return int(t)
+
+
+HYPER_DEFAULTS = dict(momentum=0.9, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+
+
+def check_grads(grads, params: Params) -> Params:
+    """Gradients for an update: a Params of the params' sizes and dtype."""
+    if not isinstance(grads, Params):
+        raise TypeError(f"grads must be a fastmlp.Params; got {type(grads).__name__}")
+    if grads.sizes != params.sizes or grads.dtype != params.dtype:
+        raise ValueError(f"grads must have the params' sizes {params.sizes} and dtype "
+                         f"{params.dtype}; got {grads.sizes} {grads.dtype}")
+    return grads
+
+
+def check_optimizer(params: Params, state, optimizer, lrs, t0, **hyper):
+    """Everything an optimizer step takes besides the gradients, checked once at the boundary of
+    both backends' update and training loops: the optimizer's name and state, the learning rates
+    (one per step: finite, >= 0), the steps taken before (t0 >= 0) and the hyperparameters
+    (momentum, beta1, beta2 in [0, 1); eps > 0; weight_decay >= 0; all finite; the defaults in
+    HYPER_DEFAULTS). Returns (learning rates as float64 (steps,), the hyperparameters)."""
+    unknown = sorted(set(hyper) - set(HYPER_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown optimizer option {unknown[0]!r}; the options are "
+                        f"{', '.join(HYPER_DEFAULTS)}")
+    hyper = {**HYPER_DEFAULTS, **hyper}
+    if optimizer not in N_BUFFERS:
+        raise ValueError(f"optimizer must be one of {', '.join(N_BUFFERS)}; got {optimizer!r}")
+    check_state(state, params, N_BUFFERS[optimizer])
+    try:
+        lrs = np.asarray(lrs, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"learning rates must be numbers, one per step; got {lrs!r}") from None
+    if lrs.ndim != 1:
+        raise ValueError(f"learning rates must be a 1-D sequence, one per step; got shape {lrs.shape}")
+    bad = ~(np.isfinite(lrs) & (lrs >= 0))
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"learning rates must be finite and >= 0; got {lrs[k]} at step {k}")
+    check_step_number(t0, "t0 (the steps taken before)", 0)
+    for name, ok, allowed in (("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+                              ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+                              ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+                              ("eps", lambda v: v > 0, "> 0"),
+                              ("weight_decay", lambda v: v >= 0, ">= 0")):
+        v = hyper[name]
+        if not (_is_number(v) and np.isfinite(v) and ok(v)):
+            raise ValueError(f"{name} must be a finite number {allowed}; got {v!r}")
+    return lrs, hyper
+
+
+def check_shifts(shifts, n: int, n_cols: int):
+    """Augmentation shifts: integers (n, 2) of whole pixels within -27..27, for 28x28 images.
+    Returns them as int8, or None for None."""
+    if shifts is None:
+        return None
+    shifts = np.asarray(shifts)
+    if n_cols != 784:
+        raise ValueError(f"shifts need 28x28 images (784 columns); got {n_cols} columns")
+    if shifts.shape != (n, 2) or shifts.dtype.kind not in "iu":
+        raise ValueError(f"shifts must be integers of shape ({n}, 2); got {shifts.dtype} {shifts.shape}")
+    if shifts.size and np.abs(shifts.astype(np.int64)).max() > 27:
+        raise ValueError(f"shifts must be within -27..27 pixels; got "
+                         f"{int(np.abs(shifts.astype(np.int64)).max())}")
+    return np.ascontiguousarray(shifts, dtype=np.int8)

@@ -122,7 +122,8 @@ from llvmlite import ir
 from llvmlite.binding import llvm_version_info
 
 from .params import Params, empty_aligned, zeros_aligned
-from ._validate import check_X, check_y, check_params, check_finite, check_perm, check_state
+from ._validate import (check_X, check_y, check_params, check_finite, check_grads, check_optimizer,
+                        check_perm, check_shifts, check_step_number)
 from .reference import OPTIMIZERS, init_state, one_hot, confusion_matrix  # noqa: F401  (same API)
 
 __all__ = [
@@ -2052,16 +2053,8 @@ _NO_BANDS = np.zeros((0, 0), dtype=np.int64)
 
 def _check_shifts(shifts, n, n_cols):
     """Validated augmentation shifts as int8 (n, 2), or the empty array for none."""
-    if shifts is None:
-        return _NO_SHIFTS
-    shifts = np.asarray(shifts)
-    if n_cols != 784:
-        raise ValueError(f"shifts need 28x28 images (784 columns); got {n_cols} columns")
-    if shifts.shape != (n, 2) or shifts.dtype.kind not in "iu":
-        raise ValueError(f"shifts must be integers of shape ({n}, 2); got {shifts.dtype} {shifts.shape}")
-    if shifts.size and np.abs(shifts).max() > 27:
-        raise ValueError(f"shifts must be within -27..27 pixels; got {int(np.abs(shifts).max())}")
-    return np.ascontiguousarray(shifts, dtype=np.int8)
+    shifts = check_shifts(shifts, n, n_cols)
+    return _NO_SHIFTS if shifts is None else shifts
 
 
 def _nslots(n: int) -> int:
@@ -2180,12 +2173,12 @@ def accuracy(params: Params, X, y) -> float:
     return float((predict(params, X) == y).mean())
 
 
-def _opt_args(params: Params, state, optimizer, lrs, t0, momentum=0.9, beta1=0.9, beta2=0.999,
-              eps=1e-8, weight_decay=0.0):
-    """Everything the compiled update needs, as arrays in the params' dtype."""
-    if optimizer not in _OPT_CODE:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    check_state(state, params, {"adam": 2, "momentum": 1, "nesterov": 1}.get(optimizer, 0))
+def _opt_args(params: Params, state, optimizer, lrs, t0, **hyper):
+    """Everything the compiled update needs, as arrays in the params' dtype (all of it checked
+    first, as the reference checks it: _validate.check_optimizer)."""
+    lrs, hyper = check_optimizer(params, state, optimizer, lrs, t0, **hyper)
+    momentum, beta1, beta2, eps, weight_decay = (hyper[k] for k in (
+        "momentum", "beta1", "beta2", "eps", "weight_decay"))
     dt = params.dtype
     L = len(params.weights)
     k = 2 * L
@@ -2198,7 +2191,6 @@ def _opt_args(params: Params, state, optimizer, lrs, t0, momentum=0.9, beta1=0.9
         vWs, vbs = tuple(state[0:k:2]), tuple(state[1:k:2])
     else:
         mWs, mbs, vWs, vbs = (empty2,) * L, (empty1,) * L, (empty2,) * L, (empty1,) * L
-    lrs = np.asarray(lrs, dtype=np.float64)
     t = (t0 + 1 + np.arange(len(lrs))).astype(np.float64)   # Adam's bias corrections, vectorized
     c1s = (1 - np.power(float(beta1), t)).astype(dt)         # (a Python loop cost 1.3 ms per epoch)
     c2s = (1 - np.power(float(beta2), t)).astype(dt)
@@ -2209,6 +2201,8 @@ def _opt_args(params: Params, state, optimizer, lrs, t0, momentum=0.9, beta1=0.9
 
 def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", **hyper):
     """One optimizer step in place, the same rules as ``reference.update``."""
+    check_grads(grads, check_params(params))
+    t = check_step_number(t, "t (the step number, from 1)", 1)
     opt = _opt_args(params, state, optimizer, [lr], t - 1, **hyper)
     mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s = opt
     Ws, bs = _tuples(params)
@@ -2219,16 +2213,18 @@ def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", **hyp
 def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
     """len(lrs) full-batch steps in compiled code (the twin of reference.gd_steps).
     X is a CSR (from ``prepare``) or dense float. Returns each step's loss, float64."""
+    check_params(params)
     csr = _as_csr(X, params)
     n = len(csr)
     y = check_y(y, n, params.sizes[-1])
+    opt = _opt_args(params, state, optimizer, lrs, t0, **hyper)
     ws = _Workspace(params, _nslots(n))
     Ws, bs = _tuples(params)
-    losses = np.empty(len(lrs))
+    losses = np.empty(len(opt[5]))
     rows = np.arange(n, dtype=np.int64)
     _gd_loop(Ws, bs, csr.indptr, csr.indices, csr.values, csr.lut, y, rows, _NO_SHIFTS,
              params.dtype.type(1.0 / n), ws.offs, ws.pWs, ws.pbs, ws.width,
-             _bands_for(params, X, csr), *_opt_args(params, state, optimizer, lrs, t0, **hyper), losses)
+             _bands_for(params, X, csr), *opt, losses)
     return losses
 
 
@@ -2237,19 +2233,20 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     """One epoch of mini-batch steps in compiled code (the twin of reference.sgd_epoch): the
     rows in the order ``perm``, batches of ``batch_size``; step i uses lrs[i]. ``shifts``
     (len(perm), 2) moves the image perm[k] by shifts[k] = (dy, dx) pixels (augmentation)."""
+    check_params(params)
     csr = _as_csr(X, params)
     y = check_y(y, len(csr), params.sizes[-1])
     perm = check_perm(perm, len(csr), batch_size)
     shifts = _check_shifts(shifts, len(perm), csr.n_cols)
+    opt = _opt_args(params, state, optimizer, lrs, t0, **hyper)
     n = len(perm)
     steps = -(-n // batch_size)
-    if len(lrs) != steps:
-        raise ValueError(f"lrs must hold one learning rate per step ({steps}); got {len(lrs)}")
+    if len(opt[5]) != steps:
+        raise ValueError(f"lrs must hold one learning rate per step ({steps}); got {len(opt[5])}")
     sizes = np.minimum(batch_size, n - batch_size * np.arange(steps))
     inv_ns = (1.0 / sizes).astype(params.dtype)
     Ws, bs = _tuples(params)
     losses = np.empty(steps)
-    opt = _opt_args(params, state, optimizer, lrs, t0, **hyper)
     if batch_size <= SPLIT_MAX_BATCH:
         ws = _Workspace(params, 2)
         jsplit, cut = _split_index(params, csr)

@@ -30,7 +30,8 @@ from __future__ import annotations
 import numpy as np
 
 from .params import Params
-from ._validate import check_X, check_y, check_params, check_finite, check_perm
+from ._validate import (N_BUFFERS, check_X, check_y, check_params, check_finite, check_grads,
+                        check_optimizer, check_perm, check_shifts, check_step_number)
 
 __all__ = [
     "linear_forward", "linear_backward", "relu_forward", "relu_backward",
@@ -162,7 +163,7 @@ def loss_and_grads(params: Params, X, y):
 # ----------------------------------------------------------------------------------------------
 # the update: gradient descent and its relatives
 
-OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adam")
+OPTIMIZERS = tuple(N_BUFFERS)    # "gd", "sgd", "momentum", "nesterov", "adam"
 
 
 def init_state(params: Params, optimizer: str):
@@ -170,8 +171,7 @@ def init_state(params: Params, optimizer: str):
     adam (each zero, shaped like params.arrays())."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    n_buffers = {"gd": 0, "sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2}[optimizer]
-    return [np.zeros_like(a) for _ in range(n_buffers) for a in params.arrays()]
+    return [np.zeros_like(a) for _ in range(N_BUFFERS[optimizer]) for a in params.arrays()]
 
 
 def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", momentum=0.9,
@@ -184,7 +184,18 @@ def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", momen
         nesterov  v = momentum * v + g;  w -= lr * (g + momentum * v)
         adam      m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
                   w -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    Every argument is checked first (the same checks as the numba twin's: _validate).
     """
+    check_grads(grads, check_params(params))
+    t = check_step_number(t, "t (the step number, from 1)", 1)
+    check_optimizer(params, state, optimizer, [lr], t - 1, momentum=momentum, beta1=beta1,
+                    beta2=beta2, eps=eps, weight_decay=weight_decay)
+    _update(params, grads, state, lr, t, optimizer, momentum, beta1, beta2, eps, weight_decay)
+
+
+def _update(params, grads, state, lr, t, optimizer, momentum, beta1, beta2, eps, weight_decay):
+    """update's arithmetic, its arguments already checked."""
     arrays, gs = params.arrays(), grads.arrays()
     k = len(arrays)
     for i, (w, g) in enumerate(zip(arrays, gs)):
@@ -207,8 +218,6 @@ def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", momen
             mhat = m / w.dtype.type(1 - beta1 ** t)
             vhat = v / w.dtype.type(1 - beta2 ** t)
             w -= w.dtype.type(lr) * mhat / (np.sqrt(vhat) + w.dtype.type(eps))
-        else:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,10 +267,11 @@ def prepare(X, dtype):
 def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
     """len(lrs) full-batch steps; step i uses learning rate lrs[i]. Returns each step's loss
     (before its update), shape (len(lrs),), float64."""
+    lrs, hyper = check_optimizer(check_params(params), state, optimizer, lrs, t0, **hyper)
     losses = np.empty(len(lrs))
     for i, lr in enumerate(lrs):
         losses[i], grads = loss_and_grads(params, X, y)
-        update(params, grads, state, lr, t0 + i + 1, optimizer, **hyper)
+        _update(params, grads, state, lr, t0 + i + 1, optimizer, **hyper)
     return losses
 
 
@@ -282,7 +292,10 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     """One pass over the rows in the order ``perm``, in mini-batches of ``batch_size`` (the last
     may be smaller); step i uses lrs[i]. With ``shifts`` (len(perm), 2), the image perm[k] is
     moved by shifts[k] pixels first (augmentation). Returns each step's loss, (steps,) float64."""
+    X = check_X(X, check_params(params))
     perm = check_perm(perm, len(X), batch_size)
+    shifts = check_shifts(shifts, len(perm), X.shape[1])
+    lrs, hyper = check_optimizer(params, state, optimizer, lrs, t0, **hyper)
     steps = -(-len(perm) // batch_size)
     if len(lrs) != steps:
         raise ValueError(f"lrs must hold one learning rate per step ({steps}); got {len(lrs)}")
@@ -293,5 +306,5 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
         if shifts is not None:
             Xb = shift_images(Xb, shifts[i * batch_size:(i + 1) * batch_size])
         losses[i], grads = loss_and_grads(params, Xb, y[rows])
-        update(params, grads, state, lrs[i], t0 + i + 1, optimizer, **hyper)
+        _update(params, grads, state, lrs[i], t0 + i + 1, optimizer, **hyper)
     return losses

@@ -116,6 +116,69 @@ def test_fuzz_public_functions(X, y, backend, dtype):
             assert out is not None
 
 
+_OPT_CASES = [   # (keyword changes to a valid call, error, message)
+    (dict(lrs=[[0.1]]), ValueError, r"learning rates must be a 1-D sequence, one per step; got shape \(1, 1\)"),
+    (dict(lrs=["fast"]), TypeError, "learning rates must be numbers, one per step"),
+    (dict(lrs=[float("nan")]), ValueError, "learning rates must be finite and >= 0; got nan at step 0"),
+    (dict(lrs=[0.1, -0.1]), ValueError, "learning rates must be finite and >= 0; got -0.1 at step 1"),
+    (dict(t0=-1), ValueError, r"t0 \(the steps taken before\) must be an integer >= 0; got -1"),
+    (dict(t0=1.5), ValueError, "t0 .* must be an integer >= 0; got 1.5"),
+    (dict(optimizer="rmsprop"), ValueError, "optimizer must be one of gd, sgd, momentum, nesterov, adam; got 'rmsprop'"),
+    (dict(momentum=2.0), ValueError, r"momentum must be a finite number in \[0, 1\); got 2.0"),
+    (dict(beta2=1.0), ValueError, r"beta2 must be a finite number in \[0, 1\); got 1.0"),
+    (dict(eps=0.0), ValueError, "eps must be a finite number > 0; got 0.0"),
+    (dict(weight_decay=float("nan")), ValueError, "weight_decay must be a finite number >= 0; got nan"),
+    (dict(weight_decay=True), ValueError, "weight_decay must be a finite number >= 0; got True"),
+    (dict(lr_decay=0.5), TypeError, "unknown optimizer option 'lr_decay'; the options are momentum, "
+                                    "beta1, beta2, eps, weight_decay"),
+    (dict(state="none"), ValueError, "optimizer state must hold 12 arrays"),
+]
+
+
+@pytest.mark.parametrize("backend", [R, J], ids=["reference", "numba"])
+@pytest.mark.parametrize("change, error, msg", _OPT_CASES)
+def test_optimizer_arguments_are_checked_alike_by_both_backends(mnist_train, backend, change, error, msg):
+    """update, gd_steps and sgd_epoch check the optimizer's arguments at the boundary, both
+    backends alike (before, a 2-D lrs was a Numba typing error, t0 = -1 with Adam divided by
+    zero into NaN weights, momentum 2 or a NaN weight decay trained on silently). Nothing is
+    changed when the call fails."""
+    X, y = backend.prepare(mnist_train[0][:20], np.float32), mnist_train[1][:20]
+    p = init_params(dtype=np.float32)
+    before = [a.copy() for a in p.arrays()]
+    kw = dict(lrs=[0.1], t0=0, optimizer="adam", state=None)
+    kw.update(change)
+    state = backend.init_state(p, "adam") if kw.pop("state") is None else change["state"]
+    lrs, t0 = kw.pop("lrs"), kw.pop("t0")
+    with pytest.raises(error, match=msg):
+        backend.gd_steps(p, state, X, y, lrs, t0=t0, **kw)
+    with pytest.raises(error, match=msg):
+        backend.sgd_epoch(p, state, X, y, np.arange(20), 20, lrs, t0=t0, **kw)
+    if "t0" not in change and np.ndim(lrs) == 1 and len(lrs) == 1:    # update takes one lr, t
+        with pytest.raises(error, match=msg if "lr_decay" not in change else "lr_decay"):
+            backend.update(p, p.copy(), state, lrs[0], 1, **kw)
+    assert all(np.array_equal(a, b) for a, b in zip(p.arrays(), before))
+
+
+@pytest.mark.parametrize("backend", [R, J], ids=["reference", "numba"])
+def test_update_checks_its_step_number_grads_and_shifts(mnist_train, backend):
+    p = init_params(dtype=np.float32)
+    st_ = backend.init_state(p, "adam")
+    for t in (0, -3, 2.0, True):
+        with pytest.raises(ValueError, match=r"t \(the step number, from 1\) must be an integer >= 1"):
+            backend.update(p, p.copy(), st_, 0.1, t, "adam")
+    with pytest.raises(ValueError, match=r"grads must have the params' sizes \(784, 72, 36, 10\)"):
+        backend.update(p, init_params((784, 10), dtype=np.float32), st_, 0.1, 1, "adam")
+    with pytest.raises(TypeError, match="grads must be a fastmlp.Params; got list"):
+        backend.update(p, p.arrays(), st_, 0.1, 1, "adam")
+    X, y = backend.prepare(mnist_train[0][:20], np.float32), mnist_train[1][:20]
+    for shifts, msg in ((np.zeros((20, 2)), r"shifts must be integers of shape \(20, 2\); got float64"),
+                        (np.full((20, 2), 30), "shifts must be within -27..27 pixels; got 30"),
+                        (np.full((20, 2), -128, np.int8), "shifts must be within -27..27 pixels; got 128"),
+                        (np.zeros((19, 2), int), r"shifts must be integers of shape \(20, 2\)")):
+        with pytest.raises(ValueError, match=msg):
+            backend.sgd_epoch(p, [], X, y, np.arange(20), 10, [0.1, 0.1], shifts=shifts)
+
+
 @st.composite
 def _csrs(draw):
     """CSRs built by hand, most of them malformed: columns past n_cols, unsorted or repeated
