@@ -43,6 +43,17 @@ def check_y(y, n: int, k: int = 10) -> np.ndarray:
     return y.astype(np.int64, copy=False)
 
 
+def check_labels(y, k: int, name: str = "labels") -> np.ndarray:
+    """A 1-D array of integer labels in 0..k-1, of any length. Returns them as int64."""
+    y = np.asarray(y)
+    if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
+        raise TypeError(f"{name} must be a 1-D array of integers; got {y.dtype} of shape {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= k):
+        bad = int(np.flatnonzero((y < 0) | (y >= k))[0])
+        raise ValueError(f"{name} must be in 0..{k - 1}; got {int(y[bad])} at position {bad}")
+    return y.astype(np.int64, copy=False)
+
+
 def check_finite(X, name: str = "X") -> None:
     """Where a NaN or inf input would silently give a wrong answer (predictions), reject it."""
     bad = ~np.isfinite(X)

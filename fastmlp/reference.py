@@ -31,7 +31,8 @@ import numpy as np
 
 from .params import Params
 from ._validate import (N_BUFFERS, check_X, check_y, check_params, check_finite, check_grads,
-                        check_optimizer, check_perm, check_shifts, check_step_number)
+                        check_labels, check_optimizer, check_perm, check_shifts,
+                        check_step_number)
 
 __all__ = [
     "linear_forward", "linear_backward", "relu_forward", "relu_backward",
@@ -108,6 +109,7 @@ def softmax_cross_entropy_backward(P, y):
 
 def one_hot(y, k=10, dtype=np.float64):
     """(n,) integer labels -> (n, k) rows with a single 1 at the label's column."""
+    y = check_labels(y, k)
     Y = np.zeros((len(y), k), dtype=dtype)
     Y[np.arange(len(y)), y] = 1
     return Y
@@ -244,8 +246,12 @@ def accuracy(params: Params, X, y) -> float:
 
 def confusion_matrix(y_true, y_pred, k=10):
     """C[i, j] = number of samples of true class i predicted as class j, shape (k, k), int64."""
+    y_true, y_pred = check_labels(y_true, k, "y_true"), check_labels(y_pred, k, "y_pred")
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true and y_pred must have the same length; got {len(y_true)} and "
+                         f"{len(y_pred)}")
     C = np.zeros((k, k), dtype=np.int64)
-    np.add.at(C, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    np.add.at(C, (y_true, y_pred), 1)
     return C
 
 

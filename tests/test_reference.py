@@ -4,7 +4,7 @@ update rules, and the helpers."""
 import numpy as np
 import pytest
 
-from fastmlp import init_params, reference as R
+from fastmlp import init_params, jit as J, reference as R
 
 
 def _numeric_grad(params, X, y, array, eps=1e-6):
@@ -113,3 +113,19 @@ def test_bad_input_is_rejected_with_a_message(X, y, exc, msg):
     params = init_params(dtype=np.float64)
     with pytest.raises(exc, match=msg):
         R.loss_and_grads(params, X, np.asarray(y))
+
+
+@pytest.mark.parametrize("call, exc, msg", [
+    (lambda: R.confusion_matrix([0, 12], [0, 1]), ValueError, "y_true must be in 0..9; got 12 at position 1"),
+    (lambda: R.confusion_matrix([0, 1], [0, -1]), ValueError, "y_pred must be in 0..9; got -1 at position 1"),
+    (lambda: R.confusion_matrix([0.5], [0]), TypeError, "y_true must be a 1-D array of integers; got float64"),
+    (lambda: R.confusion_matrix([0, 1, 2], [0, 1]), ValueError, "same length; got 3 and 2"),
+    (lambda: R.one_hot(np.array([-1]), 10), ValueError, "labels must be in 0..9; got -1 at position 0"),
+    (lambda: R.one_hot(np.array([[1]]), 10), TypeError, r"labels must be a 1-D array of integers; got int64 of shape \(1, 1\)"),
+])
+def test_label_utilities_reject_what_they_would_miscount(call, exc, msg):
+    """A label of -1 was counted as class 9 (negative indexing), 0.5 as class 0; both backends
+    share these two functions."""
+    with pytest.raises(exc, match=msg):
+        call()
+    assert J.confusion_matrix is R.confusion_matrix and J.one_hot is R.one_hot
