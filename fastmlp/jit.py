@@ -399,22 +399,25 @@ def to_csr(X, dtype=None) -> CSR:
 
 
 # CSRs known to be well formed: every one to_csr made, and those _check_csr passed; by the id of
-# their indptr, forgotten with it. Each entry: weak references to the four arrays, n_cols, and
-# whether the values are all finite (found when first asked: _all_finite).
+# their indptr (several CSRs may share one, e.g. through _replace), forgotten with it. Each entry:
+# weak references to the four arrays, n_cols, and whether the values are all finite (found when
+# first asked: _all_finite).
 _CHECKED_CSRS: dict = {}
 
 
 def _remember_checked(csr: CSR) -> None:
     key = id(csr.indptr)
-    _CHECKED_CSRS[key] = [tuple(weakref.ref(a) for a in csr[:4]), csr.n_cols, None]
-    weakref.finalize(csr.indptr, _CHECKED_CSRS.pop, key, None)
+    if key not in _CHECKED_CSRS:
+        _CHECKED_CSRS[key] = []
+        weakref.finalize(csr.indptr, _CHECKED_CSRS.pop, key, None)
+    _CHECKED_CSRS[key].append([tuple(weakref.ref(a) for a in csr[:4]), csr.n_cols, None])
 
 
 def _checked_entry(csr: CSR):
-    hit = _CHECKED_CSRS.get(id(csr.indptr))
-    if hit is not None and type(hit[1]) is type(csr.n_cols) and hit[1] == csr.n_cols \
-            and all(r() is a for r, a in zip(hit[0], csr[:4])):
-        return hit
+    for hit in _CHECKED_CSRS.get(id(csr.indptr), ()):
+        if type(hit[1]) is type(csr.n_cols) and hit[1] == csr.n_cols \
+                and all(r() is a for r, a in zip(hit[0], csr[:4])):
+            return hit
     return None
 
 

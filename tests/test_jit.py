@@ -254,8 +254,17 @@ def test_hand_made_csr_that_is_well_formed_works(mnist_train):
     again = C._replace(values=C.values.copy())
     assert isinstance(again, J.CSR) and len(again) == 20 and again.indptr is C.indptr
     assert np.array_equal(J.predict_proba(p, again), J.predict_proba(p, C))
+    assert J._checked_entry(again) is not None and J._checked_entry(C) is not None  # both known
+    bad = C._replace(indices=np.where(C.indices == C.indices[0], 900, C.indices).astype(np.uint16))
+    with pytest.raises(ValueError, match="CSR indices must be below n_cols"):   # shares indptr
+        J.predict(p, bad)
     with pytest.raises(TypeError, match="a CSR has 5 fields"):
         J.CSR._make([C.indptr])
+    import gc
+    known = len(J._CHECKED_CSRS)
+    del C, again, bad, mine
+    gc.collect()
+    assert len(J._CHECKED_CSRS) == known - 2      # forgotten with their row pointers
 
 
 @pytest.mark.small
