@@ -53,7 +53,9 @@ non-zero pixel, the same bits. Mini-batches read rows at random, and there bands
 they save (``_NO_BANDS``). Measured and dropped, each slower or no faster here: a
 compressed-sparse-*column* pass over each block (reads each weight row once per block, but building
 the transposed index costs what it saves; the same for the split step's weight gradient: the sort
-alone cost more than the scatter); blocking the first layer by ranges of pixels with the ranges
+alone cost more than the scatter, and regrouping the entries through a dense pixel-by-row byte
+matrix and the vector compress, at half the sort's cost, left the epoch no faster, since the
+scatter's rows are already in cache there); blocking the first layer by ranges of pixels with the ranges
 found per block (the bookkeeping costs more than the L2 reads it saves; tried again with the IR
 loops: 0.8-1.04x); row-by-row dense layers (a quarter of the block version's speed); padding the
 hidden width to 80; more entries per pass (8 instead of 4); two gradient entries per pass sharing
