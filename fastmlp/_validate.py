@@ -37,10 +37,7 @@ def check_y(y, n: int, k: int = 10) -> np.ndarray:
         raise TypeError(f"labels must be integers; got dtype {y.dtype}")
     if y.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), one per row of X; got {y.shape}")
-    if n and (y.min() < 0 or y.max() >= k):
-        bad = int(np.flatnonzero((y < 0) | (y >= k))[0])
-        raise ValueError(f"labels must be in 0..{k - 1}; got {int(y[bad])} at row {bad}")
-    return y.astype(np.int64, copy=False)
+    return _in_range(y, k, "labels", "row")
 
 
 def check_labels(y, k: int, name: str = "labels") -> np.ndarray:
@@ -48,9 +45,14 @@ def check_labels(y, k: int, name: str = "labels") -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
         raise TypeError(f"{name} must be a 1-D array of integers; got {y.dtype} of shape {y.shape}")
+    return _in_range(y, k, name, "position")
+
+
+def _in_range(y, k: int, name: str, where: str) -> np.ndarray:
+    """1-D integer labels y, checked to lie in 0..k-1, as int64."""
     if y.size and (y.min() < 0 or y.max() >= k):
         bad = int(np.flatnonzero((y < 0) | (y >= k))[0])
-        raise ValueError(f"{name} must be in 0..{k - 1}; got {int(y[bad])} at position {bad}")
+        raise ValueError(f"{name} must be in 0..{k - 1}; got {int(y[bad])} at {where} {bad}")
     return y.astype(np.int64, copy=False)
 
 
@@ -118,12 +120,20 @@ def check_grads(grads, params: Params) -> Params:
     return grads
 
 
-def check_optimizer(params: Params, state, optimizer, lrs, t0, **hyper):
+def check_update(params: Params, grads, t) -> int:
+    """An update's own arguments (both backends): params, grads of the same network, and t, the
+    step number from 1. Returns t. check_optimizer checks the rest."""
+    check_grads(grads, check_params(params))
+    return check_step_number(t, "t (the step number, from 1)", 1)
+
+
+def check_optimizer(params: Params, state, optimizer, lrs, t0, steps=None, **hyper):
     """Everything an optimizer step takes besides the gradients, checked once at the boundary of
     both backends' update and training loops: the optimizer's name and state, the learning rates
-    (one per step: finite, >= 0), the steps taken before (t0 >= 0) and the hyperparameters
-    (momentum, beta1, beta2 in [0, 1); eps > 0; weight_decay >= 0; all finite; the defaults in
-    HYPER_DEFAULTS). Returns (learning rates as float64 (steps,), the hyperparameters)."""
+    (one per step: finite, >= 0; exactly ``steps`` of them if given), the steps taken before
+    (t0 >= 0) and the hyperparameters (momentum, beta1, beta2 in [0, 1); eps > 0;
+    weight_decay >= 0; all finite; the defaults in HYPER_DEFAULTS). Returns (learning rates as
+    float64 (steps,), the hyperparameters)."""
     unknown = sorted(set(hyper) - set(HYPER_DEFAULTS))
     if unknown:
         raise TypeError(f"unknown optimizer option {unknown[0]!r}; the options are "
@@ -143,6 +153,8 @@ def check_optimizer(params: Params, state, optimizer, lrs, t0, **hyper):
         k = int(np.argmax(bad))
         raise ValueError(f"learning rates must be finite and >= 0; got {lrs[k]} at step {k}")
     check_step_number(t0, "t0 (the steps taken before)", 0)
+    if steps is not None and len(lrs) != steps:
+        raise ValueError(f"lrs must hold one learning rate per step ({steps}); got {len(lrs)}")
     for name, ok, allowed in (("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
                               ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
                               ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),

@@ -124,8 +124,8 @@ from llvmlite import ir
 from llvmlite.binding import llvm_version_info
 
 from .params import Params, empty_aligned, zeros_aligned
-from ._validate import (check_X, check_y, check_params, check_finite, check_grads, check_optimizer,
-                        check_perm, check_shifts, check_step_number)
+from ._validate import (check_X, check_y, check_params, check_finite, check_optimizer, check_perm,
+                        check_shifts, check_update)
 from .reference import OPTIMIZERS, init_state, one_hot, confusion_matrix  # noqa: F401  (same API)
 
 __all__ = [
@@ -430,6 +430,11 @@ def _describe(a) -> str:
     return type(a).__name__
 
 
+def _row_of(indptr, k) -> int:
+    """The row that entry k of a CSR belongs to."""
+    return int(np.searchsorted(indptr, k, side="right")) - 1
+
+
 def _check_csr(csr: CSR) -> None:
     """A CSR that to_csr did not make must be well formed before a kernel reads it: the kernels
     do no bounds checks, so a column past n_cols or row pointers past the entries would read
@@ -476,7 +481,7 @@ def _check_csr(csr: CSR) -> None:
     if nnz and indices.max() >= n_cols:
         k = int(np.argmax(indices >= n_cols))
         raise ValueError(f"CSR indices must be below n_cols ({n_cols}); got {indices[k]} at entry "
-                         f"{k} (row {int(np.searchsorted(indptr, k, side='right')) - 1})")
+                         f"{k} (row {_row_of(indptr, k)})")
     step = 1 << 20                      # in pieces: no temporaries the size of the data
     for a in range(1, nnz, step):
         b = min(nnz, a + step)
@@ -485,7 +490,7 @@ def _check_csr(csr: CSR) -> None:
         if len(drop):
             k = int(drop[0])
             raise ValueError(f"CSR columns must increase within each row; row "
-                             f"{int(np.searchsorted(indptr, k, side='right')) - 1} has column "
+                             f"{_row_of(indptr, k)} has column "
                              f"{indices[k]} after {indices[k - 1]} (entry {k})")
     _remember_checked(csr)
 
@@ -498,7 +503,7 @@ def _all_finite(csr: CSR) -> None:
     if not entry[2]:
         k = int(np.flatnonzero(~np.isfinite(csr.values))[0])
         raise ValueError(f"X must be finite; got {csr.values[k]} at row "
-                         f"{int(np.searchsorted(csr.indptr, k, side='right')) - 1}, column "
+                         f"{_row_of(csr.indptr, k)}, column "
                          f"{csr.indices[k]}")
 
 
@@ -2178,10 +2183,10 @@ def accuracy(params: Params, X, y) -> float:
     return float((predict(params, X) == y).mean())
 
 
-def _opt_args(params: Params, state, optimizer, lrs, t0, **hyper):
+def _opt_args(params: Params, state, optimizer, lrs, t0, steps=None, **hyper):
     """Everything the compiled update needs, as arrays in the params' dtype (all of it checked
     first, as the reference checks it: _validate.check_optimizer)."""
-    lrs, hyper = check_optimizer(params, state, optimizer, lrs, t0, **hyper)
+    lrs, hyper = check_optimizer(params, state, optimizer, lrs, t0, steps, **hyper)
     momentum, beta1, beta2, eps, weight_decay = (hyper[k] for k in (
         "momentum", "beta1", "beta2", "eps", "weight_decay"))
     dt = params.dtype
@@ -2206,8 +2211,7 @@ def _opt_args(params: Params, state, optimizer, lrs, t0, **hyper):
 
 def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", **hyper):
     """One optimizer step in place, the same rules as ``reference.update``."""
-    check_grads(grads, check_params(params))
-    t = check_step_number(t, "t (the step number, from 1)", 1)
+    t = check_update(params, grads, t)
     opt = _opt_args(params, state, optimizer, [lr], t - 1, **hyper)
     mWs, mbs, vWs, vbs, code, lrs, hp, wd, c1s, c2s = opt
     Ws, bs = _tuples(params)
@@ -2243,11 +2247,9 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     y = check_y(y, len(csr), params.sizes[-1])
     perm = check_perm(perm, len(csr), batch_size)
     shifts = _check_shifts(shifts, len(perm), csr.n_cols)
-    opt = _opt_args(params, state, optimizer, lrs, t0, **hyper)
     n = len(perm)
     steps = -(-n // batch_size)
-    if len(opt[5]) != steps:
-        raise ValueError(f"lrs must hold one learning rate per step ({steps}); got {len(opt[5])}")
+    opt = _opt_args(params, state, optimizer, lrs, t0, steps, **hyper)
     sizes = np.minimum(batch_size, n - batch_size * np.arange(steps))
     inv_ns = (1.0 / sizes).astype(params.dtype)
     Ws, bs = _tuples(params)

@@ -30,9 +30,8 @@ from __future__ import annotations
 import numpy as np
 
 from .params import Params
-from ._validate import (N_BUFFERS, check_X, check_y, check_params, check_finite, check_grads,
-                        check_labels, check_optimizer, check_perm, check_shifts,
-                        check_step_number)
+from ._validate import (N_BUFFERS, check_X, check_y, check_params, check_finite, check_labels,
+                        check_optimizer, check_perm, check_shifts, check_update)
 
 __all__ = [
     "linear_forward", "linear_backward", "relu_forward", "relu_backward",
@@ -189,8 +188,7 @@ def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", momen
 
     Every argument is checked first (the same checks as the numba twin's: _validate).
     """
-    check_grads(grads, check_params(params))
-    t = check_step_number(t, "t (the step number, from 1)", 1)
+    t = check_update(params, grads, t)
     check_optimizer(params, state, optimizer, [lr], t - 1, momentum=momentum, beta1=beta1,
                     beta2=beta2, eps=eps, weight_decay=weight_decay)
     _update(params, grads, state, lr, t, optimizer, momentum, beta1, beta2, eps, weight_decay)
@@ -301,10 +299,8 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     X = check_X(X, check_params(params))
     perm = check_perm(perm, len(X), batch_size)
     shifts = check_shifts(shifts, len(perm), X.shape[1])
-    lrs, hyper = check_optimizer(params, state, optimizer, lrs, t0, **hyper)
     steps = -(-len(perm) // batch_size)
-    if len(lrs) != steps:
-        raise ValueError(f"lrs must hold one learning rate per step ({steps}); got {len(lrs)}")
+    lrs, hyper = check_optimizer(params, state, optimizer, lrs, t0, steps, **hyper)
     losses = np.empty(steps)
     for i in range(steps):
         rows = perm[i * batch_size:(i + 1) * batch_size]
