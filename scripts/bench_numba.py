@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The numba backend against the reference, in one run, as one markdown table.
 
-    python scripts/bench_numba.py [--repeats 7] [--skip-subprocess]
+    python scripts/bench_numba.py [--repeats 7] [--skip-subprocess] [--only GROUP ...]
+    python scripts/bench_numba.py --only epoch --repeats 31    # one ratio, more pairs
 
 Rows: loss_and_grads on all 60,000 training images (float32), the full-batch training loop, one
 mini-batch epoch at batch 128, inference on the 10,000 test images, the thread scaling of the
@@ -11,7 +12,8 @@ cold/warm start. Every time is the median of
 is the median of the --repeats pairs' ratios (see paired_times). "fraction" is the
 dense-equivalent GFLOP/s (what the dense algorithm would have to do: 243,504 FLOP per image and
 pass, 118,800 for inference) divided by this machine's float32 matrix-product rate, measured at
-the start of the run.
+the start of the run. ``--only`` runs some groups of rows (see GROUPS), e.g. a ratio that is
+close to its target, timed over more pairs than a whole run would take.
 """
 
 import argparse
@@ -34,6 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 SETTLE_S = 0.3   # pause before each measurement (see median_time, paired_times)
+GROUPS = {         # --only: the rows of each group
+    "loss": "loss_and_grads on dense and on compressed X",
+    "gd": "the full-batch training loop",
+    "epoch": "one mini-batch epoch at batch 128",
+    "predict": "inference on the test set, compressed and dense X",
+    "threads": "loss_and_grads with 1 thread against all",
+    "one-core": "the epoch with both sides on one core",
+    "blas": "dense BLAS's two big products against numba's whole pass",
+    "start": "cold and warm start, peak memory (subprocesses)",
+}
 
 
 def median_time(fn, repeats, setup=None):
@@ -131,11 +143,21 @@ def peak_rss_cold_warm(iterations):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=7,
+                    help="timed calls per measurement, and pairs per ratio (default 7)")
     ap.add_argument("--skip-subprocess", action="store_true",
                     help="skip the peak-memory and cold/warm start measurements")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    ap.add_argument("--only", nargs="+", choices=list(GROUPS), metavar="GROUP",
+                    help="run only these groups of rows: " + "; ".join(
+                        f"{g}: {what}" for g, what in GROUPS.items()))
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error(f"argument --repeats: must be an integer >= 1; got {args.repeats}")
+
+    def want(group):
+        return args.only is None or group in args.only
+
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -158,38 +180,42 @@ def main(argv=None):
         rows.append({"measurement": name, "reference_s": t_ref, "numba_s": t_jit, "ratio": ratio,
                      "rate": per / t_jit, "unit": unit, "fraction_of_matmul": frac})
 
-    add("loss_and_grads, 60,000 images, float32 dense X (compressed on the way in)",
-        paired_times(lambda: R.loss_and_grads(p, Xf, y), lambda: J.loss_and_grads(p, Xf, y), k),
-        60000, FLOPS_TRAIN)
-    add("loss_and_grads, 60,000 images, float32, data compressed once (jit.prepare)",
-        paired_times(lambda: R.loss_and_grads(p, Xf, y), lambda: J.loss_and_grads(p, C, y), k),
-        60000, FLOPS_TRAIN)
+    if want("loss"):
+        add("loss_and_grads, 60,000 images, float32 dense X (compressed on the way in)",
+            paired_times(lambda: R.loss_and_grads(p, Xf, y), lambda: J.loss_and_grads(p, Xf, y),
+                         k), 60000, FLOPS_TRAIN)
+        add("loss_and_grads, 60,000 images, float32, data compressed once (jit.prepare)",
+            paired_times(lambda: R.loss_and_grads(p, Xf, y), lambda: J.loss_and_grads(p, C, y), k),
+            60000, FLOPS_TRAIN)
 
-    steps = 10
-    fresh = lambda: (p.copy(),)  # noqa: E731
-    t_gd = paired_times(lambda q: R.gd_steps(q, [], Xf, y, [0.2] * steps),
-                        lambda q: J.gd_steps(q, [], C, y, [0.2] * steps), k, fresh)
-    add(f"full-batch training loop (gd_steps, {steps} iterations, per iteration)",
-        (t_gd[0] / steps, t_gd[1] / steps, t_gd[2]), 60000, FLOPS_TRAIN)
+    if want("gd"):
+        steps = 10
+        t_gd = paired_times(lambda q: R.gd_steps(q, [], Xf, y, [0.2] * steps),
+                            lambda q: J.gd_steps(q, [], C, y, [0.2] * steps), k,
+                            lambda: (p.copy(),))
+        add(f"full-batch training loop (gd_steps, {steps} iterations, per iteration)",
+            (t_gd[0] / steps, t_gd[1] / steps, t_gd[2]), 60000, FLOPS_TRAIN)
 
     perm = np.random.default_rng(0).permutation(60000)
     lrs = np.full(469, 0.01)
     ph = fastmlp.init_params(scheme="he", seed=0, dtype=dt)
     fresh = lambda: (ph.copy(),)  # noqa: E731
-    add("one mini-batch epoch, batch 128, 60,000 images (sgd_epoch)",
-        paired_times(lambda q: R.sgd_epoch(q, [], Xf, y, perm, 128, lrs),
-                     lambda q: J.sgd_epoch(q, [], C, y, perm, 128, lrs), k, fresh),
-        60000, FLOPS_TRAIN, unit="epochs/s")
+    if want("epoch"):
+        add("one mini-batch epoch, batch 128, 60,000 images (sgd_epoch)",
+            paired_times(lambda q: R.sgd_epoch(q, [], Xf, y, perm, 128, lrs),
+                         lambda q: J.sgd_epoch(q, [], C, y, perm, 128, lrs), k, fresh),
+            60000, FLOPS_TRAIN, unit="epochs/s")
 
-    trained = ph.copy()            # inference on a trained network (one epoch of Nesterov SGD)
-    J.sgd_epoch(trained, R.init_state(trained, "nesterov"), C, y, perm, 128, np.full(469, 0.1),
-                optimizer="nesterov")
-    add("inference, 10,000 test images (predict), data compressed once",
-        paired_times(lambda: R.predict(trained, Xtf), lambda: J.predict(trained, Ct), k),
-        10000, FLOPS_FORWARD, unit="images/s", per=10000)
-    add("inference, 10,000 test images (predict), dense float X",
-        paired_times(lambda: R.predict(trained, Xtf), lambda: J.predict(trained, Xtf), k),
-        10000, FLOPS_FORWARD, unit="images/s", per=10000)
+    if want("predict"):
+        trained = ph.copy()        # inference on a trained network (one epoch of Nesterov SGD)
+        J.sgd_epoch(trained, R.init_state(trained, "nesterov"), C, y, perm, 128,
+                    np.full(469, 0.1), optimizer="nesterov")
+        add("inference, 10,000 test images (predict), data compressed once",
+            paired_times(lambda: R.predict(trained, Xtf), lambda: J.predict(trained, Ct), k),
+            10000, FLOPS_FORWARD, unit="images/s", per=10000)
+        add("inference, 10,000 test images (predict), dense float X",
+            paired_times(lambda: R.predict(trained, Xtf), lambda: J.predict(trained, Xtf), k),
+            10000, FLOPS_FORWARD, unit="images/s", per=10000)
 
     # parallelism: the kernels with 1 thread and with all, and the dense-BLAS floor
     n_threads = numba.get_num_threads()
@@ -201,27 +227,32 @@ def main(argv=None):
         finally:
             numba.set_num_threads(n_threads)
 
-    add(f"loss_and_grads (compressed), numba with 1 thread vs {n_threads}",
-        paired_times(one_thread, lambda: J.loss_and_grads(p, C, y), k), 60000, FLOPS_TRAIN)
+    if want("threads"):
+        add(f"loss_and_grads (compressed), numba with 1 thread vs {n_threads}",
+            paired_times(one_thread, lambda: J.loss_and_grads(p, C, y), k), 60000, FLOPS_TRAIN)
     # the epoch on one core each (numba 1 thread, BLAS 1 thread): the ratio of the algorithms
     # when the machine gives us only one core, which on a shared machine it sometimes does
-    numba.set_num_threads(1)
-    try:
-        with threadpool_limits(1, user_api="blas"):
-            add("one mini-batch epoch, batch 128, both on one core (numba 1 thread, BLAS 1 thread)",
-                paired_times(lambda q: R.sgd_epoch(q, [], Xf, y, perm, 128, lrs),
-                             lambda q: J.sgd_epoch(q, [], C, y, perm, 128, lrs), k, fresh),
-                60000, FLOPS_TRAIN, unit="epochs/s")
-    finally:
-        numba.set_num_threads(n_threads)
-    W1 = p.weights[0]
-    dZ = np.ones((60000, 72), dt)
-    add("dense BLAS alone: X @ W1 and X.T @ dZ1 (the two big products), vs numba's whole pass",
-        paired_times(lambda: (Xf @ W1, Xf.T @ dZ), lambda: J.loss_and_grads(p, C, y), k),
-        60000, FLOPS_TRAIN)
+    if want("one-core"):
+        numba.set_num_threads(1)
+        try:
+            with threadpool_limits(1, user_api="blas"):
+                add("one mini-batch epoch, batch 128, both on one core (numba 1 thread, "
+                    "BLAS 1 thread)",
+                    paired_times(lambda q: R.sgd_epoch(q, [], Xf, y, perm, 128, lrs),
+                                 lambda q: J.sgd_epoch(q, [], C, y, perm, 128, lrs), k, fresh),
+                    60000, FLOPS_TRAIN, unit="epochs/s")
+        finally:
+            numba.set_num_threads(n_threads)
+    if want("blas"):
+        W1 = p.weights[0]
+        dZ = np.ones((60000, 72), dt)
+        add("dense BLAS alone: X @ W1 and X.T @ dZ1 (the two big products), vs numba's whole "
+            "pass",
+            paired_times(lambda: (Xf @ W1, Xf.T @ dZ), lambda: J.loss_and_grads(p, C, y), k),
+            60000, FLOPS_TRAIN)
 
     extra = {}
-    if not args.skip_subprocess:
+    if not args.skip_subprocess and want("start"):
         starts = start_times()
         extra["cold_to_first_iteration_s"] = starts[0]["to_first_iteration"]
         extra["warm_to_first_iteration_s"] = starts[1]["to_first_iteration"]
@@ -236,9 +267,10 @@ def main(argv=None):
           f"{n_threads}, BLAS threads {blas[0]['num_threads'] if blas else '?'}; "
           f"float32 matmul rate {rate:.0f} GFLOP/s; medians of {k}, ratios: medians of {k} "
           f"alternating pairs)")
-    print()
-    print("| measurement | reference | numba | ratio | numba rate | fraction of matmul rate |")
-    print("|---|---:|---:|---:|---:|---:|")
+    if rows:
+        print()
+        print("| measurement | reference | numba | ratio | numba rate | fraction of matmul rate |")
+        print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         ratio = f"{r['ratio']:.2f}x"
         print(f"| {r['measurement']} | {1e3 * r['reference_s']:.1f} ms | {1e3 * r['numba_s']:.1f} ms "
