@@ -50,7 +50,13 @@ forward) the forward runs in *pixel bands* instead: every row's entries of the f
 pixels, then of the next (``_sparse_matmul_bands``, with each row's band boundaries found once per
 dataset: ``_band_cuts``), so that the weight rows in use are a third of W1 at a time: 2.2 ns per
 non-zero pixel, the same bits. Mini-batches read rows at random, and there bands cost more than
-they save (``_NO_BANDS``). Measured and dropped, each slower or no faster here: a
+they save (``_NO_BANDS``). The split epoch at batch 128 on one thread (about 80 ms when the
+machine is quiet, each phase timed on its own): the sparse forward ~28 ms and the gradient
+scatter ~30 ms (3.1-3.3 ns per non-zero pixel), the dense layers and the loss ~16 ms, the first
+layer's update ~3 ms. On two threads a cycle-counter trace of the tasks found each task as long
+as on one thread and the waits between phases at 1-3 us per step in quiet minutes, so the epoch
+(~45 ms) is half the one-thread work plus little: what is left to gain is work per step on one
+core, and most of that is the first layer at the speed of the L2 cache. Measured and dropped, each slower or no faster here: a
 compressed-sparse-*column* pass over each block (reads each weight row once per block, but building
 the transposed index costs what it saves; the same for the split step's weight gradient: the sort
 alone cost more than the scatter, and regrouping the entries through a dense pixel-by-row byte
@@ -65,7 +71,10 @@ CSR in the working dtype (the copy cost as much as the multiply-adds it fed); pr
 weight rows of entries a few ahead in the IR loop (loss_and_grads on one thread 67 -> 77-87 ms);
 the split step's weight gradient in pixel bands small enough for L1 (37.5 -> 42-46 us per
 half-step: the scatter is not waiting on L2); 512-bit vectors in the IR row loops (the same bits,
-and within 3% either way: Zen 4 splits them into two 256-bit halves).
+and within 3% either way: Zen 4 splits them into two 256-bit halves); an exp that vectorises for
+the softmax (without Intel's SVML, which this llvmlite is not built for, Numba calls libm's
+scalar expf, ~3 ns each; a Cephes polynomial in IR, within 1 ulp: loss_and_grads and
+predict_proba 2-5% faster, the epoch not at all, and every result's last bits would move).
 
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
