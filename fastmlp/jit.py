@@ -73,8 +73,9 @@ the split step's weight gradient in pixel bands small enough for L1 (37.5 -> 42-
 half-step: the scatter is not waiting on L2); 512-bit vectors in the IR row loops (the same bits,
 and within 3% either way: Zen 4 splits them into two 256-bit halves); an exp that vectorises for
 the softmax (without Intel's SVML, which this llvmlite is not built for, Numba calls libm's
-scalar expf, ~3 ns each; a Cephes polynomial in IR, within 1 ulp: loss_and_grads and
-predict_proba 2-5% faster, the epoch not at all, and every result's last bits would move).
+scalar expf, ~3 ns each; a Cephes polynomial in IR, within 1 ulp: in two A/B runs
+loss_and_grads 2-5% and predict_proba 0-5% faster, the epoch not at all, and every result's
+last bits would move).
 
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
