@@ -134,7 +134,7 @@ from llvmlite import ir
 from llvmlite.binding import llvm_version_info
 
 from .params import Params, empty_aligned, zeros_aligned
-from ._validate import (check_X, check_y, check_params, check_finite, check_optimizer, check_perm,
+from ._validate import (check_X, check_y, check_params, check_optimizer, check_perm,
                         check_shifts, check_update)
 from .reference import OPTIMIZERS, init_state, one_hot, confusion_matrix  # noqa: F401  (same API)
 
@@ -235,14 +235,26 @@ class CSR(_CSRFields):
 
 
 @njit(parallel=True, **_STRICT)
-def _count_nonzero_rows(X):
+def _count_nonzero_rows(X, bad):
+    """Non-zero entries per row; and, if bad has a slot per row, bad[i] = 1 where row i holds a
+    NaN or inf (strict arithmetic keeps the test): the check rides along the one pass over X
+    that compressing needs anyway (a separate np.isfinite pass cost more than the count)."""
     n = X.shape[0]
     counts = np.empty(n, dtype=np.int64)
+    check = bad.shape[0] == n
     for i in prange(n):
         c = 0
-        for j in range(X.shape[1]):
-            if X[i, j] != 0:
-                c += 1
+        if check:
+            b = 0
+            for j in range(X.shape[1]):
+                x = X[i, j]
+                c += x != 0
+                b += not np.isfinite(x)
+            bad[i] = b > 0
+        else:
+            for j in range(X.shape[1]):
+                if X[i, j] != 0:
+                    c += 1
         counts[i] = c
     return counts
 
@@ -384,6 +396,13 @@ def _fill_csr(X, indptr, indices, values):
 def to_csr(X, dtype=None) -> CSR:
     """Compress a batch: uint8 pixels (divided by 255 in ``dtype``, exactly as the reference's
     ``prepare`` does) or float values (kept as they are). Columns must fit in uint16."""
+    return _compress(X, dtype, False)
+
+
+def _compress(X, dtype, find_finite: bool) -> CSR:
+    """to_csr; with find_finite, float X is also checked for NaN and inf on the way (recorded
+    with the CSR for _all_finite: for predict, where it saves a pass over X; training on dense X
+    does not pay for it)."""
     X = np.ascontiguousarray(X)
     if X.dtype not in (np.uint8, np.float32, np.float64):
         raise TypeError(f"X must hold uint8 pixels or float32/float64 values; got {X.dtype}")
@@ -393,7 +412,9 @@ def to_csr(X, dtype=None) -> CSR:
         raise ValueError(f"X must be 2-D (n, features); got shape {X.shape}")
     if X.shape[1] > 65535:
         raise ValueError(f"at most 65535 columns fit the sparse index type; got {X.shape[1]}")
-    counts = _count_nonzero_rows(X)
+    find_finite = find_finite and X.dtype != np.uint8
+    bad = np.zeros(len(X) if find_finite else 0, dtype=np.uint8)
+    counts = _count_nonzero_rows(X, bad)
     indptr = np.zeros(len(X) + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     nnz = int(indptr[-1])
@@ -403,26 +424,28 @@ def to_csr(X, dtype=None) -> CSR:
     if X.dtype == np.uint8:
         dt = np.dtype(dtype or np.float32)
         lut = np.arange(256).astype(dt) / np.asarray(255, dtype=dt)
+        finite = True
     else:
         lut = np.zeros(0, dtype=X.dtype)
+        finite = not bad.any() if find_finite else None    # None: found when first asked
     csr = CSR(indptr, indices, values, lut, X.shape[1])
-    _remember_checked(csr)
+    _remember_checked(csr, finite)
     return csr
 
 
 # CSRs known to be well formed: every one to_csr made, and those _check_csr passed; by the id of
 # their indptr (several CSRs may share one, e.g. through _replace), forgotten with it. Each entry:
-# weak references to the four arrays, n_cols, and whether the values are all finite (found when
-# first asked: _all_finite).
+# weak references to the four arrays, n_cols, and whether the values are all finite (known from
+# to_csr; found when first asked for a CSR made by hand: _all_finite).
 _CHECKED_CSRS: dict = {}
 
 
-def _remember_checked(csr: CSR) -> None:
+def _remember_checked(csr: CSR, finite=None) -> None:
     key = id(csr.indptr)
     if key not in _CHECKED_CSRS:
         _CHECKED_CSRS[key] = []
         weakref.finalize(csr.indptr, _CHECKED_CSRS.pop, key, None)
-    _CHECKED_CSRS[key].append([tuple(weakref.ref(a) for a in csr[:4]), csr.n_cols, None])
+    _CHECKED_CSRS[key].append([tuple(weakref.ref(a) for a in csr[:4]), csr.n_cols, finite])
 
 
 def _checked_entry(csr: CSR):
@@ -525,8 +548,9 @@ def prepare(X, dtype) -> CSR:
     return to_csr(X, dtype)
 
 
-def _as_csr(X, params: Params) -> CSR:
-    """Boundary conversion: a CSR in the params' dtype, or a checked dense float X compressed."""
+def _as_csr(X, params: Params, find_finite: bool = False) -> CSR:
+    """Boundary conversion: a CSR in the params' dtype, or a checked dense float X compressed
+    (see _compress for find_finite)."""
     if isinstance(X, CSR):
         _check_csr(X)
         if X.n_cols != params.sizes[0]:
@@ -537,7 +561,7 @@ def _as_csr(X, params: Params) -> CSR:
             raise ValueError(f"X must have shape (n, {params.sizes[0]}) with n >= 1; got {X.shape}")
         return X
     check_X(X, params)
-    return to_csr(X)
+    return _compress(X, None, find_finite)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2148,11 +2172,8 @@ def _probabilities(params: Params, X, labels: bool):
     """Class probabilities (n, 10); or, if labels, the predicted class per row (and the
     probabilities of only some rows: not for the caller)."""
     check_params(params)
-    if not isinstance(X, CSR):
-        check_finite(check_X(X, params))
-    csr = _as_csr(X, params)
-    if X is csr:
-        _all_finite(csr)
+    csr = _as_csr(X, params, find_finite=True)
+    _all_finite(csr)           # for dense X, known from compressing it
     n = len(csr)
     P = np.empty((n, params.sizes[-1]), params.dtype)
     out = np.empty(n, dtype=np.int64) if labels else _NO_LABELS

@@ -623,6 +623,30 @@ def test_predict_rejects_non_finite_input(backend):
 
 
 @pytest.mark.small
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_predict_names_the_first_non_finite_value_like_the_reference(bad, dtype):
+    """The numba backend finds non-finite values while compressing dense X (one pass); it must
+    name the same first one, in row-major order, as the reference's separate check, and the
+    same X made finite again must predict normally."""
+    params = init_params(dtype=dtype)
+    X = np.zeros((40, 784), dtype=dtype)
+    X[:, 300:320] = 0.5
+    X[31, 2] = bad
+    X[17, 700] = bad
+    X[17, 650] = 0.25
+    messages = []
+    for backend in (R, J):
+        for f in (backend.predict, backend.predict_proba):
+            with pytest.raises(ValueError) as err:
+                f(params, X)
+            messages.append(str(err.value))
+    assert set(messages) == {f"X must be finite; got {dtype(bad)} at row 17, column 700"}
+    X[31, 2] = X[17, 700] = 0
+    np.testing.assert_array_equal(J.predict(params, X), R.predict(params, X))
+
+
+@pytest.mark.small
 @pytest.mark.parametrize("backend", [R, J])
 def test_training_loops_reject_bad_rows_state_and_batch(backend):
     params = init_params(dtype=np.float64)
