@@ -56,26 +56,27 @@ scatter ~30 ms (3.1-3.3 ns per non-zero pixel), the dense layers and the loss ~1
 layer's update ~3 ms. On two threads a cycle-counter trace of the tasks found each task as long
 as on one thread and the waits between phases at 1-3 us per step in quiet minutes, so the epoch
 (~45 ms) is half the one-thread work plus little: what is left to gain is work per step on one
-core, and most of that is the first layer at the speed of the L2 cache. Measured and dropped, each slower or no faster here: a
-compressed-sparse-*column* pass over each block (reads each weight row once per block, but building
-the transposed index costs what it saves; the same for the split step's weight gradient: the sort
-alone cost more than the scatter, and regrouping the entries through a dense pixel-by-row byte
-matrix and the vector compress, at half the sort's cost, left the epoch no faster, since the
-scatter's rows are already in cache there); blocking the first layer by ranges of pixels with the ranges
-found per block (the bookkeeping costs more than the L2 reads it saves; tried again with the IR
-loops: 0.8-1.04x); row-by-row dense layers (a quarter of the block version's speed); padding the
-hidden width to 80; more entries per pass (8 instead of 4); two gradient entries per pass sharing
-the loads of dz (their rows may overlap as far as LLVM knows, which brings back the overlap
-checks); two accumulators per row in the IR loop; copying each block's entries into a block-local
-CSR in the working dtype (the copy cost as much as the multiply-adds it fed); prefetching the
-weight rows of entries a few ahead in the IR loop (loss_and_grads on one thread 67 -> 77-87 ms);
-the split step's weight gradient in pixel bands small enough for L1 (37.5 -> 42-46 us per
-half-step: the scatter is not waiting on L2); 512-bit vectors in the IR row loops (the same bits,
-and within 3% either way: Zen 4 splits them into two 256-bit halves); an exp that vectorises for
-the softmax (without Intel's SVML, which this llvmlite is not built for, Numba calls libm's
-scalar expf, ~3 ns each; a Cephes polynomial in IR, within 1 ulp: in two A/B runs
-loss_and_grads 2-5% and predict_proba 0-5% faster, the epoch not at all, and every result's
-last bits would move).
+core, and most of that is the first layer at the speed of the L2 cache.
+
+Measured and dropped, each slower or no faster here: a compressed-sparse-*column* pass over each
+block (reads each weight row once per block, but building the transposed index costs what it saves;
+the same for the split step's weight gradient: the sort alone cost more than the scatter, and
+regrouping the entries through a dense pixel-by-row byte matrix and the vector compress, at half the
+sort's cost, left the epoch no faster, since the scatter's rows are already in cache there);
+blocking the first layer by ranges of pixels with the ranges found per block (the bookkeeping costs
+more than the L2 reads it saves; tried again with the IR loops: 0.8-1.04x); row-by-row dense layers
+(a quarter of the block version's speed); padding the hidden width to 80; more entries per pass (8
+instead of 4); two gradient entries per pass sharing the loads of dz (their rows may overlap as far
+as LLVM knows, which brings back the overlap checks); two accumulators per row in the IR loop;
+copying each block's entries into a block-local CSR in the working dtype (the copy cost as much as
+the multiply-adds it fed); prefetching the weight rows of entries a few ahead in the IR loop
+(loss_and_grads on one thread 67 -> 77-87 ms); the split step's weight gradient in pixel bands small
+enough for L1 (37.5 -> 42-46 us per half-step: the scatter is not waiting on L2); 512-bit vectors in
+the IR row loops (the same bits, and within 3% either way: Zen 4 splits them into two 256-bit
+halves); an exp that vectorises for the softmax (without Intel's SVML, which this llvmlite is not
+built for, Numba calls libm's scalar expf, ~3 ns each; a Cephes polynomial in IR, within 1 ulp: in
+two A/B runs loss_and_grads 2-5% and predict_proba 0-5% faster, the epoch not at all, and every
+result's last bits would move).
 
 Parallelism (two cores), measured: BLAS threads are not used at all here, because after
 sparsification no dense product remains that is worth a BLAS call (``scripts/bench_numba.py``
