@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .params import Params
+from .hyper import HYPER_DEFAULTS, OPTIMIZER_TABLE, OPTIMIZERS, RANGES
 
 
 def check_params(params) -> Params:
@@ -92,10 +93,6 @@ def check_state(state, params: Params, n_buffers: int) -> None:
                              f"{getattr(buf, 'shape', '')}")
 
 
-# Optimizer state buffers per parameter array, by optimizer (the names are reference.OPTIMIZERS).
-N_BUFFERS = {"gd": 0, "sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2}
-
-
 def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
@@ -105,9 +102,6 @@ def check_step_number(t, name: str, minimum: int) -> int:
     if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {t!r}")
     return int(t)
-
-
-HYPER_DEFAULTS = dict(momentum=0.9, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
 
 
 def check_grads(grads, params: Params) -> Params:
@@ -139,30 +133,28 @@ def check_optimizer(params: Params, state, optimizer, lrs, t0, steps=None, **hyp
         raise TypeError(f"unknown optimizer option {unknown[0]!r}; the options are "
                         f"{', '.join(HYPER_DEFAULTS)}")
     hyper = {**HYPER_DEFAULTS, **hyper}
-    if optimizer not in N_BUFFERS:
-        raise ValueError(f"optimizer must be one of {', '.join(N_BUFFERS)}; got {optimizer!r}")
-    check_state(state, params, N_BUFFERS[optimizer])
+    if optimizer not in OPTIMIZER_TABLE:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+    check_state(state, params, OPTIMIZER_TABLE[optimizer].buffers)
     try:
         lrs = np.asarray(lrs, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(f"learning rates must be numbers, one per step; got {lrs!r}") from None
     if lrs.ndim != 1:
         raise ValueError(f"learning rates must be a 1-D sequence, one per step; got shape {lrs.shape}")
-    bad = ~(np.isfinite(lrs) & (lrs >= 0))
+    lo = RANGES["lrs"].lo
+    bad = ~(np.isfinite(lrs) & (lrs >= lo))
     if bad.any():
         k = int(np.argmax(bad))
-        raise ValueError(f"learning rates must be finite and >= 0; got {lrs[k]} at step {k}")
+        raise ValueError(f"learning rates must be finite and {RANGES['lrs'].describe()}; got "
+                         f"{lrs[k]} at step {k}")
     check_step_number(t0, "t0 (the steps taken before)", 0)
     if steps is not None and len(lrs) != steps:
         raise ValueError(f"lrs must hold one learning rate per step ({steps}); got {len(lrs)}")
-    for name, ok, allowed in (("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-                              ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
-                              ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
-                              ("eps", lambda v: v > 0, "> 0"),
-                              ("weight_decay", lambda v: v >= 0, ">= 0")):
+    for name in HYPER_DEFAULTS:
         v = hyper[name]
-        if not (_is_number(v) and np.isfinite(v) and ok(v)):
-            raise ValueError(f"{name} must be a finite number {allowed}; got {v!r}")
+        if not (_is_number(v) and RANGES[name].holds(v)):
+            raise ValueError(f"{name} must be a finite number {RANGES[name].describe()}; got {v!r}")
     return lrs, hyper
 
 

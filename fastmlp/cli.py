@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .hyper import OPTIMIZERS, RANGES
+from .machine import machine_info
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -49,17 +51,19 @@ def _number(kind, test, allowed):
     return parse
 
 
-def _finite(v):
-    return np.isfinite(v)
+def _in_range(r):
+    """An option type for a hyperparameter's range (fastmlp.hyper.RANGES)."""
+    return _number(float, r.holds, f"a number {r.describe()}")
 
 
 positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number(float, lambda v: _finite(v) and v > 0, "a number > 0")
-nonneg_float = _number(float, lambda v: _finite(v) and v >= 0, "a number >= 0")
-unit_interval = _number(float, lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)")
-momentum_type = _number(float, lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)")
-warmup_type = _number(float, lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)")
+lr_type = _in_range(RANGES["lr"])
+weight_decay_type = _in_range(RANGES["weight_decay"])
+momentum_type = _in_range(RANGES["momentum"])
+warmup_type = _in_range(RANGES["warmup"])
+# on the command line 0 is not a fraction: --no-val asks for no validation split
+val_fraction_type = _in_range(RANGES["val_fraction"]._replace(lo_closed=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,7 +72,6 @@ warmup_type = _number(float, lambda v: _finite(v) and 0 <= v < 1, "a number in [
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     from .train import BACKENDS, PRESETS, SCHEDULES
-    from .reference import OPTIMIZERS
     p.add_argument("--preset", choices=sorted(PRESETS), default="fast",
                    help="a recipe; options given explicitly override it (default: fast)")
     p.add_argument("--backend", choices=BACKENDS, help="numba (default) or reference")
@@ -76,15 +79,15 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=positive_int, help="full-batch steps (instead of --epochs)")
     p.add_argument("--epochs", type=positive_int, help="mini-batch epochs (instead of --iterations)")
     p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--lr", type=positive_float, help="(peak) learning rate")
+    p.add_argument("--lr", type=lr_type, help="(peak) learning rate")
     p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--warmup", type=warmup_type, help="fraction of steps for the lr warm-up")
     p.add_argument("--momentum", type=momentum_type)
-    p.add_argument("--weight-decay", type=nonneg_float)
+    p.add_argument("--weight-decay", type=weight_decay_type)
     p.add_argument("--init", choices=("uniform", "he"))
     p.add_argument("--seed", type=nonneg_int, default=None)
     p.add_argument("--dtype", choices=("float32", "float64"))
-    p.add_argument("--val-fraction", type=unit_interval,
+    p.add_argument("--val-fraction", type=val_fraction_type,
                    help="part of the training set held out for validation")
     p.add_argument("--no-val", action="store_true", help="no validation split")
     p.add_argument("--patience", type=positive_int, help="early stopping after N epochs without "
@@ -144,23 +147,9 @@ def _check_outputs(args) -> None:
         _writable_dir(args.plot_dir, "--plot-dir")
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__}
-
-
 def cmd_train(args) -> int:
     from . import data
-    from .params import atomic_write
+    from ._io import atomic_write
     from .train import fit, backend_module, evaluate, TrainingDiverged
     from .reference import confusion_matrix
 
@@ -278,73 +267,9 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def image_to_mnist(path) -> np.ndarray:
-    """Read an image file (PNG or anything Pillow reads) and convert it the MNIST way.
-
-    1. Grayscale; transparent pixels are composited onto the background colour that contrasts
-       with the opaque pixels' ink.
-    2. Inverted when the background (the median of the border pixels) is light, so the digit is
-       bright on dark, as in MNIST.
-    3. Cropped to the digit's bounding box (pixels above 25% of the maximum).
-    4. Scaled so its longer side is 20 pixels, keeping the aspect ratio.
-    5. Placed in a 28x28 image so that its centre of mass is at the centre.
-
-    Returns uint8 (784,), row-major.
-    """
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            im.load()
-            rgba = np.asarray(im.convert("RGBA"), dtype=np.float64) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise CommandError(f"{path}: not a readable image ({exc})") from None
-    lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114])
-    alpha = rgba[..., 3]
-    if (alpha < 0.99).any():
-        opaque = alpha > 0.5
-        ink_is_dark = lum[opaque].mean() < 0.5 if opaque.any() else True
-        bg = 1.0 if ink_is_dark else 0.0
-        lum = lum * alpha + bg * (1 - alpha)
-    def border(img):
-        return np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
-
-    if np.median(border(lum)) > 0.5:      # light background: invert, so the ink is bright
-        lum = 1.0 - lum
-    lum = np.clip(lum - np.median(border(lum)), 0, None)   # the background becomes 0
-    if lum.max() <= 0.05:
-        raise CommandError(f"{path}: no digit found (the image is blank)")
-    mask = lum > 0.25 * lum.max()
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    crop = lum[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    h, w = crop.shape
-    scale = 20.0 / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = Image.fromarray((crop / crop.max() * 255).astype(np.uint8)).resize((nw, nh),
-                                                                             Image.LANCZOS)
-    small = np.asarray(small, dtype=np.float64)
-    out = np.zeros((28, 28))
-    top, left = (28 - nh) // 2, (28 - nw) // 2
-    out[top:top + nh, left:left + nw] = small
-    total = out.sum()
-    cy = (out.sum(axis=1) @ np.arange(28)) / total
-    cx = (out.sum(axis=0) @ np.arange(28)) / total
-    dy, dx = int(round(13.5 - cy)), int(round(13.5 - cx))
-    out = _shift(out, dy, dx)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8).reshape(784)
-
-
-def _shift(img, dy, dx):
-    """Shift a 2-D image by whole pixels, filling with zeros."""
-    out = np.zeros_like(img)
-    h, w = img.shape
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    out[yd, xd] = img[ys, xs]
-    return out
-
-
 def cmd_predict(args) -> int:
     from . import jit
+    from .images import image_to_mnist
     params = _load_model(args.model)
     if params.sizes[0] != 784:
         raise CommandError(f"{args.model}: the model takes {params.sizes[0]} inputs; images need 784")
@@ -361,49 +286,8 @@ def cmd_predict(args) -> int:
 # ----------------------------------------------------------------------------------------------
 # compare: both backends on the same batch, tensor by tensor
 
-# tolerance per dtype: |jit - ref| <= atol + rtol * |ref|, elementwise (measured: see README)
-TOLERANCES = {"float64": (1e-12, 1e-10), "float32": (2e-5, 2e-4)}
-
-
-def compare_rows(dtype="float32", batch_size=256, seed=0, data_dir=None):
-    """Rows (name, max abs diff, max rel diff, atol, rtol, ok) for every tensor of one forward
-    and backward pass on real MNIST, reference vs numba, same params."""
-    from . import data, jit, reference, init_params
-    X, y = data.load_mnist("train", data_dir, progress=False)
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(X), size=batch_size, replace=False)
-    dt = np.dtype(dtype)
-    Xf = X[rows].astype(dt) / dt.type(255)
-    yb = y[rows]
-    params = init_params((784, 72, 36, 10), "he", seed, dt)
-    atol, rtol = TOLERANCES[dtype]
-    out = []
-
-    def row(name, a, b):
-        a = np.asarray(a, dtype=np.float64)
-        b = np.asarray(b, dtype=np.float64)
-        diff = np.abs(a - b)
-        rel = float(np.max(diff / np.maximum(np.abs(a), np.finfo(dt).tiny))) if diff.size else 0.0
-        ok = bool(np.all(diff <= atol + rtol * np.abs(a)))
-        out.append((name, float(diff.max(initial=0)), rel, atol, rtol, ok))
-
-    ra, ja = reference.forward(params, Xf), jit.forward(params, Xf)
-    for l in range(1, len(ra)):
-        row(f"A{l}" if l < len(ra) - 1 else f"Z{l} (logits)", ra[l], ja[l])
-    row("P (softmax)", reference.predict_proba(params, Xf), jit.predict_proba(params, Xf))
-    rl, rg = reference.loss_and_grads(params, Xf, yb)
-    jl, jg = jit.loss_and_grads(params, Xf, yb)
-    row("loss", rl, jl)
-    for l in range(len(rg.weights)):
-        row(f"dW{l + 1}", rg.weights[l], jg.weights[l])
-        row(f"db{l + 1}", rg.biases[l], jg.biases[l])
-    rp, jp = reference.predict(params, Xf), jit.predict(params, Xf)
-    out.append(("predictions (mismatches)", float(np.sum(rp != jp)), 0.0, 0.0, 0.0,
-                bool(np.all(rp == jp))))
-    return out
-
-
 def cmd_compare(args) -> int:
+    from .compare import compare_rows
     rows = compare_rows(args.dtype, args.batch_size, args.seed, args.data_dir)
     print(f"reference vs numba, {args.dtype}, batch {args.batch_size}, seed {args.seed} "
           f"(ok when |numba - ref| <= atol + rtol * |ref| everywhere)")

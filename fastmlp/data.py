@@ -20,22 +20,22 @@ layout (header row ``label,pixel0,...,pixel783``) or headerless with the label f
 
 Every IDX file with a standard name is checked against the canonical MD5 of its uncompressed
 content. Every fault in a file is a ``ValueError`` that names the file and the fault. This module
-depends on nothing else in the package.
+depends on nothing else in the package but the atomic-write helper (``_io``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from ._io import atomic_write
 
 __all__ = [
     "load_mnist",
@@ -420,9 +420,9 @@ def download_file(url: str, dest, *, expected_md5: str | None = None, progress: 
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+
+    def write(out):
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             total = resp.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress,
@@ -435,14 +435,11 @@ def download_file(url: str, dest, *, expected_md5: str | None = None, progress: 
                     bar.update(len(chunk))
             if total is not None and out.tell() != total:
                 raise ValueError(f"incomplete download: expected {total} bytes; got {out.tell()}")
+
+    def verify(tmp: Path):
         if expected_md5 is not None:
-            content = _gunzip(Path(tmp).read_bytes(), url, dest.suffix == ".gz")
-            got = md5_hex(content)
+            got = md5_hex(_gunzip(tmp.read_bytes(), url, dest.suffix == ".gz"))
             if got != expected_md5:
                 raise ValueError(f"checksum mismatch: expected MD5 {expected_md5}; got {got}")
-        os.replace(tmp, dest)
-        return dest
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    return atomic_write(dest, write, check=verify, suffix=".part")

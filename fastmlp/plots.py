@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import atomic_write
+from ._io import atomic_write
 
 
 def _plt():

@@ -1,8 +1,11 @@
 """The reference: the whole network in plain NumPy, written to read like the math.
 
-This file is the specification. ``fastmlp/jit.py`` has a twin of every public function here, with
-the same name, signature and meaning, tuned for speed; tests hold the two together. Nothing here
-is clever: where speed and clarity disagree, this file chooses clarity.
+This file is the specification. ``fastmlp.jit`` has a twin of every network-level function here
+(forward, loss_and_grads, update, predict, the training loops, ...), with the same name, signature
+and meaning, tuned for speed; tests hold the two together. The layer-level functions have no
+twins there: its kernels fuse the layers (``fastmlp/jit/__init__.py`` maps each function here to
+the kernels that do its work). Nothing here is clever: where speed and clarity disagree, this
+file chooses clarity.
 
 Legend
 ------
@@ -15,7 +18,7 @@ Legend
     Z[l]   pre-activations, shape (n, fan_out):  Z[l] = A[l] @ W[l] + b[l]   (A[0] = X)
     A[l+1] activations: ReLU(Z[l]) for hidden layers, softmax(Z[L-1]) = P at the output
 
-Conventions (the same in jit.py)
+Conventions (the same in fastmlp.jit)
 --------------------------------
 - Batches are row-major: one sample per row, so a layer is ``Z = A @ W + b``.
 - The loss is the *mean* cross-entropy over the batch. The 1/n factor enters exactly once, in
@@ -30,15 +33,16 @@ from __future__ import annotations
 import numpy as np
 
 from .params import Params
-from ._validate import (N_BUFFERS, check_X, check_y, check_params, check_finite, check_labels,
-                        check_optimizer, check_perm, check_shifts, check_update)
+from ._validate import (check_X, check_y, check_params, check_finite, check_optimizer,
+                        check_perm, check_shifts, check_update)
+from .common import OPTIMIZERS, accuracy_of, confusion_matrix, init_state, one_hot
 
 __all__ = [
     "linear_forward", "linear_backward", "relu_forward", "relu_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax", "log_softmax",
     "forward", "backward", "loss_and_grads", "update", "init_state",
     "predict_proba", "predict", "accuracy", "one_hot", "confusion_matrix",
-    "prepare", "gd_steps", "sgd_epoch", "shift_images", "OPTIMIZERS",
+    "prepare", "gd_steps", "sgd_epoch", "shift_images", "warm_up", "OPTIMIZERS",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -106,14 +110,6 @@ def softmax_cross_entropy_backward(P, y):
     return (P - one_hot(y, P.shape[1], P.dtype)) / P.shape[0]
 
 
-def one_hot(y, k=10, dtype=np.float64):
-    """(n,) integer labels -> (n, k) rows with a single 1 at the label's column."""
-    y = check_labels(y, k)
-    Y = np.zeros((len(y), k), dtype=dtype)
-    Y[np.arange(len(y)), y] = 1
-    return Y
-
-
 # ----------------------------------------------------------------------------------------------
 # the network
 
@@ -163,17 +159,6 @@ def loss_and_grads(params: Params, X, y):
 
 # ----------------------------------------------------------------------------------------------
 # the update: gradient descent and its relatives
-
-OPTIMIZERS = tuple(N_BUFFERS)    # "gd", "sgd", "momentum", "nesterov", "adam"
-
-
-def init_state(params: Params, optimizer: str):
-    """Optimizer buffers: [] for gd/sgd, [v per array] for momentum/nesterov, [m..., v...] for
-    adam (each zero, shaped like params.arrays())."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    return [np.zeros_like(a) for _ in range(N_BUFFERS[optimizer]) for a in params.arrays()]
-
 
 def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", momentum=0.9,
            beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
@@ -238,19 +223,7 @@ def predict(params: Params, X):
 
 def accuracy(params: Params, X, y) -> float:
     """Fraction of rows whose prediction equals the label."""
-    y = check_y(y, len(X))
-    return float((predict(params, X) == y).mean())
-
-
-def confusion_matrix(y_true, y_pred, k=10):
-    """C[i, j] = number of samples of true class i predicted as class j, shape (k, k), int64."""
-    y_true, y_pred = check_labels(y_true, k, "y_true"), check_labels(y_pred, k, "y_pred")
-    if len(y_true) != len(y_pred):
-        raise ValueError(f"y_true and y_pred must have the same length; got {len(y_true)} and "
-                         f"{len(y_pred)}")
-    C = np.zeros((k, k), dtype=np.int64)
-    np.add.at(C, (y_true, y_pred), 1)
-    return C
+    return accuracy_of(predict, params, X, y)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,3 +283,8 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
         losses[i], grads = loss_and_grads(params, Xb, y[rows])
         _update(params, grads, state, lrs[i], t0 + i + 1, optimizer, **hyper)
     return losses
+
+
+def warm_up(params, X, y, optimizer, batch_size=None, **hyper):
+    """Nothing to prepare: plain NumPy runs at once. (The numba twin compiles its kernels here,
+    or loads them from the cache, so that training's clock starts after that.)"""

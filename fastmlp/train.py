@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import reference
+from .common import init_state
+from .hyper import OPTIMIZERS, RANGES
 from .params import Params, init_params, SCHEMES, DTYPES
 
 BACKENDS = ("numba", "reference")
@@ -72,8 +74,8 @@ class Config:
             if not ok:
                 raise ValueError(f"{what} must be {allowed}; got {got!r}")
         need(self.backend in BACKENDS, "backend", f"one of {', '.join(BACKENDS)}", self.backend)
-        need(self.optimizer in reference.OPTIMIZERS, "optimizer",
-             f"one of {', '.join(reference.OPTIMIZERS)}", self.optimizer)
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}",
+             self.optimizer)
         need(self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}", self.schedule)
         need(self.init in SCHEMES, "init", f"one of {', '.join(SCHEMES)}", self.init)
         need(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}", self.dtype)
@@ -86,13 +88,12 @@ class Config:
             need(_is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
         need(_is_int(self.batch_size) and self.batch_size >= 1, "batch size", "an integer >= 1",
              self.batch_size)
-        need(_finite(self.lr) and self.lr > 0, "learning rate", "> 0", self.lr)
-        need(_finite(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
-        need(_finite(self.weight_decay) and self.weight_decay >= 0, "weight decay", ">= 0",
-             self.weight_decay)
-        need(_finite(self.warmup) and 0 <= self.warmup < 1, "warmup", "in [0, 1)", self.warmup)
-        need(_finite(self.val_fraction) and 0 <= self.val_fraction < 1, "validation fraction",
-             "in [0, 1) (0 = no validation split)", self.val_fraction)
+        for name, what, note in (("lr", "learning rate", ""), ("momentum", "momentum", ""),
+                                 ("weight_decay", "weight decay", ""), ("warmup", "warmup", ""),
+                                 ("val_fraction", "validation fraction",
+                                  " (0 = no validation split)")):
+            v = getattr(self, name)
+            need(_finite(v) and RANGES[name].holds(v), what, RANGES[name].describe() + note, v)
         need(_is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
         need(_is_int(self.eval_every) and self.eval_every >= 1, "eval_every", "an integer >= 1",
              self.eval_every)
@@ -217,8 +218,6 @@ def fit(cfg: Config, X, y, *, progress: bool = True, on_epoch=None) -> Result:
     cfg.patience training stops after that many epochs without improvement. The test set is
     never seen here.
     """
-    from tqdm.auto import tqdm
-
     cfg.check()
     backend = backend_module(cfg.backend)
     dtype = DTYPES[cfg.dtype]
@@ -234,7 +233,7 @@ def fit(cfg: Config, X, y, *, progress: bool = True, on_epoch=None) -> Result:
         raise ValueError(f"batch size must be between 1 and the number of training rows "
                          f"({len(tr)}); got {cfg.batch_size}")
     params = init_params(cfg.sizes, cfg.init, cfg.seed, dtype)
-    state = reference.init_state(params, cfg.optimizer)
+    state = init_state(params, cfg.optimizer)
     hyper = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     t0 = time.perf_counter()
@@ -242,17 +241,9 @@ def fit(cfg: Config, X, y, *, progress: bool = True, on_epoch=None) -> Result:
     ytr = y[tr].astype(np.int64)
     Xva = backend.prepare(X[va], dtype) if len(va) else None
     yva = y[va].astype(np.int64)
-    if cfg.backend == "numba":   # compile (or load from the cache) before the clock starts
-        warm = params.copy()     # only the kernels this run uses: compiling costs time and memory
-        if cfg.iterations is not None:
-            backend.gd_steps(warm, reference.init_state(warm, cfg.optimizer),
-                             backend.prepare(X[:2], dtype), ytr[:2], np.zeros(1),
-                             optimizer=cfg.optimizer, **hyper)
-        else:                    # two rows in batches of batch_size: the same step kernel
-            backend.sgd_epoch(warm, reference.init_state(warm, cfg.optimizer),
-                              backend.prepare(X[:2], dtype), ytr[:2], np.arange(2), cfg.batch_size,
-                              np.zeros(-(-2 // cfg.batch_size)), optimizer=cfg.optimizer, **hyper)
-        backend.predict_proba(warm, backend.prepare(X[:1], dtype))
+    # compile the kernels this run uses (or load them from the cache) before the clock starts
+    backend.warm_up(params, X, ytr, cfg.optimizer,
+                    None if cfg.iterations is not None else cfg.batch_size, **hyper)
     result = Result(params=params, startup_seconds=time.perf_counter() - t0)
     hist = result.history
     for key in ("step", "epoch", "loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"):
@@ -271,69 +262,93 @@ def fit(cfg: Config, X, y, *, progress: bool = True, on_epoch=None) -> Result:
             hist["val_accuracy"].append(vacc)
         return acc
 
-    train_time = 0.0
-    first_loss = None
     if cfg.iterations is not None:
-        lrs = lr_schedule(cfg, cfg.iterations)
-        bar = tqdm(total=cfg.iterations, desc="training", unit="it", disable=not progress,
-                   leave=False)
-        done = 0
-        while done < cfg.iterations:
-            k = min(cfg.eval_every, cfg.iterations - done)
-            t = time.perf_counter()
-            losses = backend.gd_steps(params, state, Xtr, ytr, lrs[done:done + k], t0=done,
-                                      optimizer=cfg.optimizer, **hyper)
-            train_time += time.perf_counter() - t
-            first_loss = losses[0] if first_loss is None else first_loss
-            _check_diverged(losses, params, "iteration", lrs[done:done + k], done, first_loss)
-            done += k
-            acc = record(done, None, losses[-1], train_time)
-            bar.update(k)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", train_acc=f"{acc:.4f}")
-        bar.close()
+        result.train_seconds = _full_batch(cfg, backend, params, state, hyper, Xtr, ytr, record,
+                                           progress)
         result.steps = cfg.iterations
     else:
-        steps_per_epoch = -(-len(tr) // cfg.batch_size)
-        lrs = lr_schedule(cfg, steps_per_epoch * cfg.epochs)
-        rng = np.random.default_rng([cfg.seed, 2])
-        shift_rng = np.random.default_rng([cfg.seed, 3])
-        bar = tqdm(total=cfg.epochs, desc="training", unit="epoch", disable=not progress, leave=False)
-        best = (math.inf, None, None)
-        since_best = 0
-        for epoch in range(cfg.epochs):
-            perm = rng.permutation(len(tr))
-            shifts = (shift_rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, size=(len(tr), 2), dtype=np.int8)
-                      if cfg.augment else None)
-            s0 = epoch * steps_per_epoch
-            t = time.perf_counter()
-            losses = backend.sgd_epoch(params, state, Xtr, ytr, perm, cfg.batch_size,
-                                       lrs[s0:s0 + steps_per_epoch], t0=s0,
-                                       optimizer=cfg.optimizer, shifts=shifts, **hyper)
-            train_time += time.perf_counter() - t
-            first_loss = losses[0] if first_loss is None else first_loss
-            _check_diverged(losses, params, f"epoch {epoch + 1}, step", lrs[s0:s0 + steps_per_epoch],
-                            0, first_loss)
-            acc = record(s0 + steps_per_epoch, epoch + 1, losses.mean(), train_time)
-            post = dict(loss=f"{losses.mean():.4f}", train_acc=f"{acc:.4f}")
-            if Xva is not None:
-                post["val_acc"] = f"{hist['val_accuracy'][-1]:.4f}"
-                if hist["val_loss"][-1] < best[0]:
-                    best = (hist["val_loss"][-1], epoch + 1, params.copy())
-                    since_best = 0
-                else:
-                    since_best += 1
-            bar.update(1)
-            bar.set_postfix(**post)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, params)
-            if cfg.patience is not None and since_best >= cfg.patience:
-                break
-        bar.close()
-        result.steps = steps_per_epoch * len(hist["epoch"])
-        if best[2] is not None:   # with a validation split, keep the best epoch's parameters
-            result.params = best[2]
-            result.best_epoch = best[1]
-    result.train_seconds = train_time
+        result.train_seconds = _epochs(cfg, backend, params, state, hyper, Xtr, ytr, Xva, record,
+                                       result, progress, on_epoch)
     if Xva is not None:
         result.val_accuracy = evaluate(backend, result.params, Xva, yva)[1]
     return result
+
+
+def _full_batch(cfg, backend, params, state, hyper, Xtr, ytr, record, progress) -> float:
+    """cfg.iterations full-batch steps, evaluated every cfg.eval_every. Returns the seconds spent
+    in the backend's steps."""
+    from tqdm.auto import tqdm
+
+    lrs = lr_schedule(cfg, cfg.iterations)
+    bar = tqdm(total=cfg.iterations, desc="training", unit="it", disable=not progress, leave=False)
+    train_time = 0.0
+    first_loss = None
+    done = 0
+    while done < cfg.iterations:
+        k = min(cfg.eval_every, cfg.iterations - done)
+        t = time.perf_counter()
+        losses = backend.gd_steps(params, state, Xtr, ytr, lrs[done:done + k], t0=done,
+                                  optimizer=cfg.optimizer, **hyper)
+        train_time += time.perf_counter() - t
+        first_loss = losses[0] if first_loss is None else first_loss
+        _check_diverged(losses, params, "iteration", lrs[done:done + k], done, first_loss)
+        done += k
+        acc = record(done, None, losses[-1], train_time)
+        bar.update(k)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", train_acc=f"{acc:.4f}")
+    bar.close()
+    return train_time
+
+
+def _epochs(cfg, backend, params, state, hyper, Xtr, ytr, Xva, record, result, progress,
+            on_epoch) -> float:
+    """cfg.epochs shuffled mini-batch epochs, each evaluated after it; with a validation split,
+    keeps the best epoch's parameters in result and stops early after cfg.patience epochs
+    without improvement. Returns the seconds spent in the backend's epochs."""
+    from tqdm.auto import tqdm
+
+    hist = result.history
+    n = len(ytr)
+    steps_per_epoch = -(-n // cfg.batch_size)
+    lrs = lr_schedule(cfg, steps_per_epoch * cfg.epochs)
+    rng = np.random.default_rng([cfg.seed, 2])
+    shift_rng = np.random.default_rng([cfg.seed, 3])
+    bar = tqdm(total=cfg.epochs, desc="training", unit="epoch", disable=not progress, leave=False)
+    train_time = 0.0
+    first_loss = None
+    best = (math.inf, None, None)
+    since_best = 0
+    for epoch in range(cfg.epochs):
+        perm = rng.permutation(n)
+        shifts = (shift_rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, size=(n, 2), dtype=np.int8)
+                  if cfg.augment else None)
+        s0 = epoch * steps_per_epoch
+        t = time.perf_counter()
+        losses = backend.sgd_epoch(params, state, Xtr, ytr, perm, cfg.batch_size,
+                                   lrs[s0:s0 + steps_per_epoch], t0=s0,
+                                   optimizer=cfg.optimizer, shifts=shifts, **hyper)
+        train_time += time.perf_counter() - t
+        first_loss = losses[0] if first_loss is None else first_loss
+        _check_diverged(losses, params, f"epoch {epoch + 1}, step", lrs[s0:s0 + steps_per_epoch],
+                        0, first_loss)
+        acc = record(s0 + steps_per_epoch, epoch + 1, losses.mean(), train_time)
+        post = dict(loss=f"{losses.mean():.4f}", train_acc=f"{acc:.4f}")
+        if Xva is not None:
+            post["val_acc"] = f"{hist['val_accuracy'][-1]:.4f}"
+            if hist["val_loss"][-1] < best[0]:
+                best = (hist["val_loss"][-1], epoch + 1, params.copy())
+                since_best = 0
+            else:
+                since_best += 1
+        bar.update(1)
+        bar.set_postfix(**post)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, params)
+        if cfg.patience is not None and since_best >= cfg.patience:
+            break
+    bar.close()
+    result.steps = steps_per_epoch * len(hist["epoch"])
+    if best[2] is not None:   # with a validation split, keep the best epoch's parameters
+        result.params = best[2]
+        result.best_epoch = best[1]
+    return train_time

@@ -1,7 +1,6 @@
 """The command line: train_fast.py and the fastmlp command, including every foreseeable error."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from PIL import Image
 
 from fastmlp import cli, init_params
+from fastmlp.images import image_to_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +102,7 @@ def test_image_conversion_matches_mnist_layout(mnist_test, tmp_path):
     Xt, _ = mnist_test
     p = tmp_path / "d.png"
     _digit_png(p, Xt[0], "L", scale=5, invert=True)      # black on white, 140x140
-    x = cli.image_to_mnist(p).reshape(28, 28).astype(float)
+    x = image_to_mnist(p).reshape(28, 28).astype(float)
     assert x.max() > 200 and x[0].sum() == 0 and x[:, 0].sum() == 0
     rows, cols = np.nonzero(x > 50)
     assert max(rows.max() - rows.min(), cols.max() - cols.min()) <= 21

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import fastmlp
 from fastmlp import Params, init_params
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastmlp import jit as J, reference as R
+from fastmlp import jit as J
 from fastmlp.train import Config, PRESETS, TrainingDiverged, fit, lr_schedule, split_validation
 
 

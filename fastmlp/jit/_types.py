@@ -1,0 +1,80 @@
+"""The named tuples the kernels take, so that a kernel's arguments say what they are. Numba
+compiles a named tuple's fields as separate values: reading ``net.W`` costs nothing.
+
+Argument order in every kernel: outputs first, then inputs and weights, then sizes.
+
+One limit of Numba's parallel loops: a ``prange`` body receives a tuple argument as its fields,
+one level deep, and cannot take a tuple inside a tuple (Net.W inside Net). So each parallel
+kernel unpacks Net, Grads and Opt before its ``prange`` and builds them again inside the body
+(free: a named tuple is its fields). Nor can it rebuild a named tuple that came out of
+another one, which is why Opt holds its constants as fields rather than a tuple of them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Net(NamedTuple):
+    """The network, as the kernels read and update it."""
+    W: tuple                # weights, one (fan_in, fan_out) array per layer (Params.weights)
+    b: tuple                # biases, one (fan_out,) array per layer
+    offs: np.ndarray        # int64 (L + 1,): layer l's units are rows offs[l]:offs[l + 1] of a
+                            # feature-major block (cumulative layer widths)
+    width: object           # the first layer's width: a Width (a compile-time constant) or an int
+
+
+class Grads(NamedTuple):
+    """Gradients of every layer: per-slot partials, W[l] (nslots, fan_in, fan_out) and b[l]
+    (nslots, fan_out), or whole gradients, W[l] (fan_in, fan_out) and b[l] (fan_out,)."""
+    W: tuple
+    b: tuple
+
+
+class Opt(NamedTuple):
+    """An optimizer: its rule, its state and its constants in the working dtype (optim.py)."""
+    code: int               # GD, MOMENTUM, NESTEROV or ADAM (fastmlp.hyper)
+    mW: tuple               # Adam's first moments per layer (empty arrays for other rules)
+    mb: tuple
+    vW: tuple               # momentum buffers, or Adam's second moments (empty for gd)
+    vb: tuple
+    momentum: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    eps: float
+    wd: float               # weight decay (weights only, not biases)
+
+
+class Steps(NamedTuple):
+    """Per-step values of a training loop, one entry per step."""
+    lr: np.ndarray          # learning rates
+    c1: np.ndarray          # Adam's bias corrections 1 - beta1^t and 1 - beta2^t
+    c2: np.ndarray
+
+
+class Scratch(NamedTuple):
+    """Per-slot scratch of the block kernels (slots.py: _alloc_scratch); [s] is slot s's."""
+    zrow: np.ndarray        # (nslots, BLOCK, H): the sparse first layer's output, row-major
+    AT: np.ndarray          # (nslots, units, BLOCK): activations, feature-major
+    dZT: np.ndarray         # (nslots, units, BLOCK): dL/dZ, feature-major
+    col: np.ndarray         # (nslots, 2, BLOCK): the softmax's column max [0] and sum [1]
+    rng: np.ndarray         # (nslots, 2, BLOCK) int64: each block row's entry range
+    idx: np.ndarray         # (nslots, cap) uint16: a block's shifted entries (augmentation)
+    val: np.ndarray         # (nslots, cap): their values
+
+
+class Split(NamedTuple):
+    """The pixel-split epoch's own arrays (split.py: _split_scratch), per half h = 0, 1."""
+    jsplit: int             # half 0 owns first-layer weight rows [0, jsplit), half 1 the rest
+    cut: np.ndarray         # int64 (n,): each CSR row's first entry at a pixel >= jsplit
+    rng: np.ndarray         # (2, 2, batch) int64: the batch rows' entry ranges in each half
+    idx: np.ndarray         # (2, cap) uint16: shifted entries of each half (augmentation)
+    val: np.ndarray         # (2, cap)
+    zpart: np.ndarray       # (2, batch, H): each half's partial first-layer product (no bias)
+    dz1: np.ndarray         # (batch, H): the batch's first-layer dL/dZ, row-major
+    gW1: np.ndarray         # (1, n_in, H): the first layer's weight gradient
+    zero_b: np.ndarray      # (H,) zeros: the bias of a partial product

@@ -1,0 +1,187 @@
+"""The public functions of the numba backend: the same names, signatures and meanings as
+``fastmlp.reference``. Each checks its arguments at the boundary (``_validate``, shared with the
+reference), converts X once to a CSR, and calls one compiled kernel or loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..params import Params, zeros_aligned
+from .._validate import check_params, check_perm, check_shifts, check_update, check_y
+from ..common import accuracy_of, init_state
+from . import _options
+from .csr import CSR, _all_finite, _as_csr, prepare
+from .sparse import _band_cuts, _first_width
+from .slots import _forward_kernel, _gd_loop, _loss_kernel, _sgd_loop
+from .split import _patience, _sgd_loop_split, _split_scratch
+from ._types import Grads, Net
+from .optim import _opt_args, _update_all
+
+
+_NO_SHIFTS = np.zeros((0, 2), dtype=np.int8)
+# Pixel bands pay where a kernel reads the CSR's rows in order (full batches, the forward), not
+# where mini-batches visit rows at random: there each row's entries would be fetched once per
+# band (an epoch 7-12% slower, the same bits either way). So mini-batches get none.
+_NO_BANDS = np.zeros((0, 0), dtype=np.int64)
+
+
+def _check_shifts(shifts, n, n_cols):
+    """Validated augmentation shifts as int8 (n, 2), or the empty array for none."""
+    shifts = check_shifts(shifts, n, n_cols)
+    return _NO_SHIFTS if shifts is None else shifts
+
+
+def _nslots(n: int) -> int:
+    return int(max(1, min(_options.NSLOTS, n // _options.MIN_SLOT_ROWS)))
+
+
+def _offsets(params: Params) -> np.ndarray:
+    """Where each layer's output starts in the per-row scratch vector."""
+    return np.concatenate([[0], np.cumsum(params.sizes[1:])]).astype(np.int64)
+
+
+def _net(params: Params) -> Net:
+    """The network as the kernels take it (the arrays themselves: updates change params)."""
+    return Net(tuple(params.weights), tuple(params.biases), _offsets(params), _first_width(params))
+
+
+def _partials(params: Params, nslots: int) -> Grads:
+    """Zeroed per-slot partial gradients, nslots of each parameter array."""
+    return Grads(tuple(zeros_aligned((nslots,) + W.shape, W.dtype) for W in params.weights),
+                 tuple(zeros_aligned((nslots,) + b.shape, b.dtype) for b in params.biases))
+
+
+def forward(params: Params, X):
+    """Run the network up to the logits: [A0 = X, A1, ..., A(L-1), Z(L-1)], as the reference.
+
+    X: dense float (n, 784) in the params' dtype, or a CSR. A0 is returned as given.
+    """
+    check_params(params)
+    csr = _as_csr(X, params)
+    n = len(csr)
+    outs = tuple(np.empty((n, m), params.dtype) for m in params.sizes[1:])
+    _forward_kernel(outs, _NO_LABELS, _net(params), csr, _bands_for(params, X, csr), False)
+    return [X] + list(outs)
+
+
+def loss_and_grads(params: Params, X, y):
+    """Mean cross-entropy of the batch and its gradients (a Params), as the reference.
+
+    X: dense float (n, 784) in the params' dtype (compressed on the way in), or a CSR from
+    ``prepare``/``to_csr`` (the fast path for repeated calls on the same data).
+    """
+    check_params(params)
+    csr = _as_csr(X, params)
+    n = len(csr)
+    y = check_y(y, n, params.sizes[-1])
+    grads = params.zeros_like()
+    total = _loss_kernel(Grads(tuple(grads.weights), tuple(grads.biases)),
+                         _partials(params, _nslots(n)), _net(params), csr, y, _NO_SHIFTS,
+                         _bands_for(params, X, csr), params.dtype.type(1.0 / n))
+    return total / n, grads
+
+
+_NO_LABELS = np.zeros(0, dtype=np.int64)
+
+
+def _bands_for(params: Params, X, csr: CSR) -> np.ndarray:
+    """Pixel bands for a CSR the caller made (cached with it); none for dense X, compressed for
+    this call only (finding them would cost about what they save in one pass)."""
+    return _band_cuts(params, csr) if X is csr else _NO_BANDS
+
+
+def _probabilities(params: Params, X, labels: bool):
+    """Class probabilities (n, 10); or, if labels, the predicted class per row (and the
+    probabilities of only some rows: not for the caller)."""
+    check_params(params)
+    csr = _as_csr(X, params, find_finite=True)
+    _all_finite(csr)           # for dense X, known from compressing it
+    n = len(csr)
+    P = np.empty((n, params.sizes[-1]), params.dtype)
+    out = np.empty(n, dtype=np.int64) if labels else _NO_LABELS
+    outs = tuple(np.empty((0, m), params.dtype) for m in params.sizes[1:-1]) + (P,)
+    _forward_kernel(outs, out, _net(params), csr, _bands_for(params, X, csr), True)
+    return P, out
+
+
+def predict_proba(params: Params, X):
+    """Class probabilities, shape (n, 10), each row summing to 1. X must be finite."""
+    return _probabilities(params, X, False)[0]
+
+
+def predict(params: Params, X):
+    """Predicted class per row, shape (n,), int64: the most probable class, exactly this
+    backend's ``predict_proba(params, X).argmax(axis=1)`` (the first on ties), as the reference's
+    predict is its own. Read from the logits wherever that is provably the same (_clear_argmax)."""
+    return _probabilities(params, X, True)[1]
+
+
+def accuracy(params: Params, X, y) -> float:
+    """Fraction of rows whose prediction equals the label."""
+    return accuracy_of(predict, params, X, y)
+
+
+def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", **hyper):
+    """One optimizer step in place, the same rules as ``reference.update``."""
+    t = check_update(params, grads, t)
+    opt, steps = _opt_args(params, state, optimizer, [lr], t - 1, **hyper)
+    _update_all(_net(params), Grads(tuple(grads.weights), tuple(grads.biases)), opt,
+                steps.lr[0], steps.c1[0], steps.c2[0])
+
+
+def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
+    """len(lrs) full-batch steps in compiled code (the twin of reference.gd_steps).
+    X is a CSR (from ``prepare``) or dense float. Returns each step's loss, float64."""
+    check_params(params)
+    csr = _as_csr(X, params)
+    n = len(csr)
+    y = check_y(y, n, params.sizes[-1])
+    opt, steps = _opt_args(params, state, optimizer, lrs, t0, **hyper)
+    losses = np.empty(len(steps.lr))
+    rows = np.arange(n, dtype=np.int64)
+    _gd_loop(losses, _net(params), _partials(params, _nslots(n)), opt, steps, csr, y, rows,
+             _NO_SHIFTS, _bands_for(params, X, csr), params.dtype.type(1.0 / n))
+    return losses
+
+
+def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd", shifts=None,
+              **hyper):
+    """One epoch of mini-batch steps in compiled code (the twin of reference.sgd_epoch): the
+    rows in the order ``perm``, batches of ``batch_size``; step i uses lrs[i]. ``shifts``
+    (len(perm), 2) moves the image perm[k] by shifts[k] = (dy, dx) pixels (augmentation)."""
+    check_params(params)
+    csr = _as_csr(X, params)
+    y = check_y(y, len(csr), params.sizes[-1])
+    perm = check_perm(perm, len(csr), batch_size)
+    shifts = _check_shifts(shifts, len(perm), csr.n_cols)
+    n = len(perm)
+    steps = -(-n // batch_size)
+    opt, lrs = _opt_args(params, state, optimizer, lrs, t0, steps, **hyper)
+    sizes = np.minimum(batch_size, n - batch_size * np.arange(steps))
+    inv_ns = (1.0 / sizes).astype(params.dtype)
+    losses = np.empty(steps)
+    if batch_size <= _options.SPLIT_MAX_BATCH:
+        _sgd_loop_split(losses, _net(params), _partials(params, 2), opt,
+                        _split_scratch(params, batch_size, csr), lrs, csr, y, perm, shifts,
+                        inv_ns, batch_size, _patience())
+        return losses
+    _sgd_loop(losses, _net(params), _partials(params, _nslots(batch_size)), opt, lrs, csr, y,
+              perm, shifts, _NO_BANDS, inv_ns, batch_size)
+    return losses
+
+
+def warm_up(params, X, y, optimizer, batch_size=None, **hyper):
+    """Compile (or load from Numba's cache) the kernels a training run uses, on two of its rows:
+    the full-batch loop (batch_size None) or the epoch of that batch size, and the forward
+    kernel; only these, since compiling costs time and memory. X uint8 or float (n, n_in),
+    y its labels. ``params`` is not changed (a copy is trained)."""
+    warm = params.copy()
+    dt = params.dtype
+    if batch_size is None:
+        gd_steps(warm, init_state(warm, optimizer), prepare(X[:2], dt), y[:2], np.zeros(1),
+                 optimizer=optimizer, **hyper)
+    else:                         # two rows in batches of batch_size: the same step kernel
+        sgd_epoch(warm, init_state(warm, optimizer), prepare(X[:2], dt), y[:2], np.arange(2),
+                  batch_size, np.zeros(-(-2 // batch_size)), optimizer=optimizer, **hyper)
+    predict_proba(warm, prepare(X[:1], dt))

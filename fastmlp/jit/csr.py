@@ -1,0 +1,385 @@
+"""The sparse input: ``CSR``, the compression that makes it (``to_csr``, ``prepare``), the checks
+of a CSR made by hand, and the per-CSR caches of indexes that the kernels reuse.
+
+Legend
+------
+    indptr   int64 (n + 1,): row i's entries are indptr[i]:indptr[i + 1]
+    indices  uint16 (nnz,): each entry's column, increasing within a row
+    values   uint8 pixels (nnz,) read through lut (pixel / 255 in the working dtype), or floats
+    lut      float32/float64 (256,) for uint8 values, else empty
+
+``_count_nonzero_rows``, ``_fill_csr`` and ``_row_cuts`` prange over rows (each owns its own
+output slots).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+from llvmlite.binding import llvm_version_info
+
+from ..params import Params
+from .._validate import check_X
+from ._options import CHUNK, STRICT
+from ._codegen import _compress_ir, _target_has
+
+
+class _CSRFields(NamedTuple):
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    lut: np.ndarray
+    n_cols: int
+
+
+class CSR(_CSRFields):
+    """A batch of inputs in compressed-sparse-row form.
+
+    indptr  int64 (n + 1,): row i's entries are indptr[i]:indptr[i + 1]
+    indices uint16 (nnz,): column (pixel) of each entry, increasing within each row
+    values  uint8 pixels (nnz,), whose input value is lut[pixel] (= pixel / 255 in the working
+            dtype, exactly as the reference computes it); or float32/float64 values as they are
+    lut     float32 or float64 (256,) for uint8 values; empty, of the values' dtype, otherwise
+    n_cols  number of columns (784)
+
+    ``to_csr`` and ``prepare`` make them. One made by hand is checked once, when a function
+    first receives it (``_check_csr``: the kernels do no bounds checks). A CSR is not changed
+    once built (the kernels cache indexes of it: _cached_for_csr). ``len`` is the number of rows.
+    uint8 values make the training set 3 bytes per non-zero pixel (27 MB for MNIST's 9 million),
+    small enough for the last-level cache, which matters when mini-batches visit rows at random.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def _make(cls, iterable):
+        # NamedTuple's own _make (behind _replace) counts the fields with len(), the rows here
+        result = tuple.__new__(cls, iterable)
+        if tuple.__len__(result) != len(cls._fields):
+            raise TypeError(f"a CSR has {len(cls._fields)} fields "
+                            f"({', '.join(cls._fields)}); got {tuple.__len__(result)}")
+        return result
+
+    @property
+    def shape(self):
+        return (len(self.indptr) - 1, self.n_cols)
+
+    @property
+    def dtype(self):
+        return self.lut.dtype
+
+    def __len__(self):
+        return len(self.indptr) - 1
+
+    @property
+    def density(self):
+        n = len(self)
+        return len(self.values) / max(1, n * self.n_cols)
+
+
+# ----------------------------------------------------------------------------------------------
+# building the sparse input (once per dataset)
+
+
+@njit(parallel=True, **STRICT)
+def _count_nonzero_rows(X, bad):
+    """Non-zero entries per row; and, if bad has a slot per row, bad[i] = 1 where row i holds a
+    NaN or inf (strict arithmetic keeps the test): the check rides along the one pass over X
+    that compressing needs anyway (a separate np.isfinite pass cost more than the count)."""
+    n = X.shape[0]
+    counts = np.empty(n, dtype=np.int64)
+    check = bad.shape[0] == n
+    for i in prange(n):
+        c = 0
+        if check:
+            b = 0
+            for j in range(X.shape[1]):
+                x = X[i, j]
+                c += x != 0
+                b += not np.isfinite(x)
+            bad[i] = b > 0
+        else:
+            for j in range(X.shape[1]):
+                if X[i, j] != 0:
+                    c += 1
+        counts[i] = c
+    return counts
+
+
+@njit(inline="always", **STRICT)
+def _compress_range(x, j0, j1, indices, values, p):
+    """Copy the non-zero x[j0:j1] to values[p:], their columns to indices[p:], in order; return
+    p plus their count. The plain loop."""
+    for k in range(j0, j1):
+        v = x[k]
+        if v != 0:
+            indices[p] = k
+            values[p] = v
+            p += 1
+    return p
+
+
+def _compress_chunk(x, j, indices, values, p):
+    """_compress_range over the CHUNK columns from j. This body (the plain loop) runs without
+    the JIT and on CPUs without AVX-512; with AVX-512 compiled code runs _compress_ir instead:
+    the same output."""
+    return _compress_range(x, j, j + CHUNK, indices, values, p)
+
+
+@overload(_compress_chunk, jit_options=dict(STRICT, inline="always"))
+def _compress_chunk_impl(x, j, indices, values, p):
+    # Without AVX-512, LLVM emulates the compress lane by lane, 2-3x slower than the plain loop
+    # (haswell, x86-64): keep the loop there.
+    # (llvm.experimental.vector.compress exists from LLVM 19 on)
+    if _target_has("avx512f") and llvm_version_info >= (19,) and (
+            isinstance(x.dtype, types.Integer) or x.dtype in (types.float32, types.float64)):
+        return lambda x, j, indices, values, p: _compress_ir(x, j, indices, values, p)
+    return _compress_chunk
+
+
+@njit(parallel=True, **STRICT)
+def _fill_csr(X, indptr, indices, values):
+    """Write row i's non-zero entries at indptr[i]:indptr[i + 1], CHUNK columns at a time. With
+    AVX-512 a chunk is a few instructions without branches (60,000 MNIST rows in float32: 7 ms,
+    against 24 ms for the plain loop, whose branch on each pixel mispredicts at every stroke
+    edge; the count pass and reading X are the rest of to_csr)."""
+    m = X.shape[1]
+    for i in prange(X.shape[0]):
+        x = X[i]
+        p = indptr[i]
+        j = 0
+        while j + CHUNK <= m:
+            p = _compress_chunk(x, j, indices, values, p)
+            j += CHUNK
+        _compress_range(x, j, m, indices, values, p)
+
+
+def to_csr(X, dtype=None) -> CSR:
+    """Compress a batch: uint8 pixels (divided by 255 in ``dtype``, exactly as the reference's
+    ``prepare`` does) or float values (kept as they are). Columns must fit in uint16."""
+    return _compress(X, dtype, False)
+
+
+def _compress(X, dtype, find_finite: bool) -> CSR:
+    """to_csr; with find_finite, float X is also checked for NaN and inf on the way (recorded
+    with the CSR for _all_finite: for predict, where it saves a pass over X; training on dense X
+    does not pay for it)."""
+    X = np.ascontiguousarray(X)
+    if X.dtype not in (np.uint8, np.float32, np.float64):
+        raise TypeError(f"X must hold uint8 pixels or float32/float64 values; got {X.dtype}")
+    if dtype is not None and np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64; got {np.dtype(dtype)}")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n, features); got shape {X.shape}")
+    if X.shape[1] > 65535:
+        raise ValueError(f"at most 65535 columns fit the sparse index type; got {X.shape[1]}")
+    find_finite = find_finite and X.dtype != np.uint8
+    bad = np.zeros(len(X) if find_finite else 0, dtype=np.uint8)
+    counts = _count_nonzero_rows(X, bad)
+    indptr = np.zeros(len(X) + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    nnz = int(indptr[-1])
+    indices = np.empty(nnz, dtype=np.uint16)
+    values = np.empty(nnz, dtype=X.dtype)
+    _fill_csr(X, indptr, indices, values)
+    if X.dtype == np.uint8:
+        dt = np.dtype(dtype or np.float32)
+        lut = np.arange(256).astype(dt) / np.asarray(255, dtype=dt)
+        finite = True
+    else:
+        lut = np.zeros(0, dtype=X.dtype)
+        finite = not bad.any() if find_finite else None    # None: found when first asked
+    csr = CSR(indptr, indices, values, lut, X.shape[1])
+    _remember_checked(csr, finite)
+    return csr
+
+
+# CSRs known to be well formed: every one to_csr made, and those _check_csr passed; by the id of
+# their indptr (several CSRs may share one, e.g. through _replace), forgotten with it. Each entry:
+# weak references to the four arrays, n_cols, and whether the values are all finite (known from
+# to_csr; found when first asked for a CSR made by hand: _all_finite).
+_CHECKED_CSRS: dict = {}
+
+
+def _remember_checked(csr: CSR, finite=None) -> None:
+    key = id(csr.indptr)
+    if key not in _CHECKED_CSRS:
+        _CHECKED_CSRS[key] = []
+        weakref.finalize(csr.indptr, _CHECKED_CSRS.pop, key, None)
+    _CHECKED_CSRS[key].append([tuple(weakref.ref(a) for a in csr[:4]), csr.n_cols, finite])
+
+
+def _checked_entry(csr: CSR):
+    for hit in _CHECKED_CSRS.get(id(csr.indptr), ()):
+        if type(hit[1]) is type(csr.n_cols) and hit[1] == csr.n_cols \
+                and all(r() is a for r, a in zip(hit[0], csr[:4])):
+            return hit
+    return None
+
+
+def _describe(a) -> str:
+    if isinstance(a, np.ndarray):
+        layout = "" if a.flags.c_contiguous else "non-contiguous "
+        return f"{layout}{a.dtype} array of shape {a.shape}"
+    return type(a).__name__
+
+
+def _row_of(indptr, k) -> int:
+    """The row that entry k of a CSR belongs to."""
+    return int(np.searchsorted(indptr, k, side="right")) - 1
+
+
+def _check_csr(csr: CSR) -> None:
+    """A CSR that to_csr did not make must be well formed before a kernel reads it: the kernels
+    do no bounds checks, so a column past n_cols or row pointers past the entries would read
+    and write outside the arrays. Checks the types (as the CSR docstring says), the row
+    pointers (from 0, never decreasing, to the number of entries), the columns (below n_cols,
+    increasing within each row) and the table; ValueError or TypeError saying what is wrong.
+    Once per CSR: a CSR that passed (or that to_csr made) is remembered while it lives."""
+    if _checked_entry(csr) is not None:
+        return
+    indptr, indices, values, lut, n_cols = csr
+    for name, a, want in (("indptr", indptr, np.int64), ("indices", indices, np.uint16),
+                          ("values", values, None), ("lut", lut, None)):
+        if not (isinstance(a, np.ndarray) and a.ndim == 1 and a.flags.c_contiguous
+                and (want is None or a.dtype == want)):
+            kind = f"{np.dtype(want)} " if want is not None else ""
+            raise TypeError(f"CSR {name} must be a C-contiguous 1-D {kind}array; got {_describe(a)}")
+    if values.dtype == np.uint8:
+        if lut.dtype not in (np.float32, np.float64) or lut.shape != (256,):
+            raise TypeError(f"CSR lut must be float32 or float64 of shape (256,) for uint8 values; "
+                            f"got {_describe(lut)}")
+    elif values.dtype in (np.float32, np.float64):
+        if lut.dtype != values.dtype or lut.size != 0:
+            raise TypeError(f"CSR lut must be an empty {values.dtype} array for {values.dtype} "
+                            f"values; got {_describe(lut)}")
+    else:
+        raise TypeError(f"CSR values must be uint8 pixels or float32/float64 values; got "
+                        f"{_describe(values)}")
+    if isinstance(n_cols, bool) or not isinstance(n_cols, (int, np.integer)) \
+            or not 1 <= n_cols <= 65535:
+        raise ValueError(f"CSR n_cols must be an integer in 1..65535; got {n_cols!r}")
+    nnz = len(indices)
+    if len(values) != nnz:
+        raise ValueError(f"CSR values must hold one value per entry ({nnz}); got {len(values)}")
+    if len(indptr) < 1 or indptr[0] != 0:
+        raise ValueError(f"CSR indptr must start at 0; got "
+                         f"{indptr[0] if len(indptr) else 'an empty array'}")
+    if indptr[-1] != nnz:
+        raise ValueError(f"CSR indptr must end at the number of entries ({nnz}); got {indptr[-1]}")
+    down = np.flatnonzero(indptr[1:] < indptr[:-1])
+    if len(down):
+        i = int(down[0])
+        raise ValueError(f"CSR indptr must not decrease; got indptr[{i + 1}] = {indptr[i + 1]} "
+                         f"after indptr[{i}] = {indptr[i]}")
+    if nnz and indices.max() >= n_cols:
+        k = int(np.argmax(indices >= n_cols))
+        raise ValueError(f"CSR indices must be below n_cols ({n_cols}); got {indices[k]} at entry "
+                         f"{k} (row {_row_of(indptr, k)})")
+    step = 1 << 20                      # in pieces: no temporaries the size of the data
+    for a in range(1, nnz, step):
+        b = min(nnz, a + step)
+        drop = np.flatnonzero(indices[a:b] <= indices[a - 1:b - 1]) + a
+        drop = drop[~np.isin(drop, indptr)]     # a row's first entry may be below the last one's
+        if len(drop):
+            k = int(drop[0])
+            raise ValueError(f"CSR columns must increase within each row; row "
+                             f"{_row_of(indptr, k)} has column "
+                             f"{indices[k]} after {indices[k - 1]} (entry {k})")
+    _remember_checked(csr)
+
+
+def _all_finite(csr: CSR) -> None:
+    """ValueError if a float CSR holds NaN or inf (checked once per CSR)."""
+    entry = _checked_entry(csr)
+    if entry[2] is None:
+        entry[2] = csr.values.dtype == np.uint8 or bool(np.isfinite(csr.values).all())
+    if not entry[2]:
+        k = int(np.flatnonzero(~np.isfinite(csr.values))[0])
+        raise ValueError(f"X must be finite; got {csr.values[k]} at row "
+                         f"{_row_of(csr.indptr, k)}, column "
+                         f"{csr.indices[k]}")
+
+
+def prepare(X, dtype) -> CSR:
+    """The training data in the form this backend's loops take: a CSR matrix in ``dtype``."""
+    X = np.asarray(X)
+    if X.dtype != np.uint8:
+        X = np.ascontiguousarray(X, dtype=dtype)
+    return to_csr(X, dtype)
+
+
+def _as_csr(X, params: Params, find_finite: bool = False) -> CSR:
+    """Boundary conversion: a CSR in the params' dtype, or a checked dense float X compressed
+    (see _compress for find_finite)."""
+    if isinstance(X, CSR):
+        _check_csr(X)
+        if X.n_cols != params.sizes[0]:
+            raise ValueError(f"X must have shape (n, {params.sizes[0]}); got {X.shape}")
+        if X.dtype != params.dtype:
+            raise TypeError(f"X must have the params' dtype {params.dtype}; got {X.dtype}")
+        if len(X) < 1:
+            raise ValueError(f"X must have shape (n, {params.sizes[0]}) with n >= 1; got {X.shape}")
+        return X
+    check_X(X, params)
+    return _compress(X, None, find_finite)
+
+
+# Indexes of a dataset that the kernels reuse: the split step's split pixel and, for every row,
+# where its entries of the upper pixels start (``_row_cuts``: one pass over the data instead of a
+# search per row and step, whose dependent cache misses cost more; 1.3 ms per epoch for MNIST's
+# training set otherwise), and the pixel bands (_band_cuts). Each depends only
+# on the CSR and the first layer's row size, so it is made on first use and kept while the CSR
+# lives. A CSR is not changed after to_csr builds it.
+_CSR_CACHE: dict = {}
+
+
+def _cached_for_csr(csr: CSR, what, make):
+    """make(), computed once per CSR and ``what`` and forgotten with the CSR."""
+    key = (id(csr.indptr), id(csr.indices), what)
+    hit = _CSR_CACHE.get(key)
+    if hit is not None and hit[0]() is csr.indptr and hit[1]() is csr.indices:
+        return hit[2]
+    value = make()
+    _CSR_CACHE[key] = (weakref.ref(csr.indptr), weakref.ref(csr.indices), value)
+    weakref.finalize(csr.indptr, _CSR_CACHE.pop, key, None)
+    return value
+
+
+@njit(parallel=True, **STRICT)
+def _row_cuts(indptr, indices, edges):
+    """cut[k, i]: row i's first entry whose column is >= edges[k] (a row's columns are sorted)."""
+    n = indptr.shape[0] - 1
+    cut = np.empty((edges.shape[0], n), dtype=np.int64)
+    for i in prange(n):
+        for k in range(edges.shape[0]):
+            lo = indptr[i]
+            hi = indptr[i + 1]
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if indices[mid] < edges[k]:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            cut[k, i] = lo
+    return cut
+
+
+@njit(**STRICT)
+def _densest_row(indptr):
+    """The most non-zero entries in one row of a CSR (at least 1): room for a block's entries."""
+    densest = 1
+    for i in range(indptr.shape[0] - 1):
+        densest = max(densest, indptr[i + 1] - indptr[i])
+    return densest
+
+
+def _pixel_counts(csr: CSR, n_in: int) -> np.ndarray:
+    """Cumulative count of non-zero entries per pixel (column), over the first (up to) 2,000
+    rows: where the work of the first layer lies, for the split point and the pixel bands."""
+    sample = csr.indices[:csr.indptr[min(len(csr), 2000)]]
+    return np.cumsum(np.bincount(sample, minlength=n_in))

@@ -1,0 +1,279 @@
+"""Whole batches through the network in parallel *slots*: the forward kernel (forward, predict),
+loss_and_grads, and the full-batch and large-mini-batch training loops.
+
+Legend (the named tuples are in _types.py)
+------
+    net      Net: the weights and biases, the layer offsets, the first layer's width
+    part     Grads of per-slot partials: part.W[l] is (nslots, fan_in, fan_out)
+    scr      Scratch: per-slot block scratch; scr.AT[s] is slot s's activations
+    X        the CSR (indptr, indices, values, lut, n_cols)
+    rows     the batch's row numbers into the CSR; shifts (len(rows), 2) int8 or empty
+    bands    the first layer's pixel bands (sparse._band_cuts), or none
+
+A batch's rows are cut into a fixed number of contiguous slots (NSLOTS, independent of the
+thread count); ``_slots_kernel`` pranges over slots, each slot owns its partials, and the
+partials are summed in slot order afterwards: no races, the same bits for any thread count.
+``_forward_kernel`` pranges over row ranges (each owns its output rows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._options import BLOCK, FAST, NSLOTS_FWD, STRICT
+from .csr import _densest_row
+from .sparse import _block_entries, _first_layer, _sparse_outer
+from .dense import (_argmax_rows, _block_backward_dense, _block_forward_dense, _block_softmax,
+                    _block_softmax_xent, _clear_argmax, _to_features, _to_rows)
+from .optim import _update_from_slots
+from ._types import Grads, Net, Scratch
+
+
+@njit(**FAST)
+def _block_forward(AT, zrow, net, X, rng, idx, val, bands, rows, b0, nb):
+    """Forward one block (its inputs found by _block_entries, the CSR's rows rows[b0:b0+nb])
+    through the network. With bands (_band_cuts; none if it has no rows, and none for shifted
+    images, whose entries are block-local copies) the first layer runs band by band.
+
+    zrow (BLOCK, sizes[1]) is scratch for the sparse first layer, computed row by row. After it,
+    the block is kept *feature-major*: AT[offs[l]:offs[l+1], :nb] holds layer l's output for the
+    block, one row per unit (ReLU applied for hidden layers; the last layer's rows are logits).
+    Then every dense layer is a sum of long vector updates along the block
+    (ZT[m, :] += W[k, m] * AT[k, :]), which vectorizes fully whatever the layer widths, and a
+    unit that is inactive for the whole block is skipped.
+    """
+    offs = net.offs
+    _first_layer(zrow, net.W[0], net.b[0], rng, bands, rows, b0, idx, val, X.lut, nb, net.width)
+    _to_features(AT[offs[0]:offs[1]], zrow, 0, nb)
+    _block_forward_dense(net.W, net.b, nb, offs, AT)
+
+
+@njit(**FAST)
+def _block_backward(part, dzrow, net, X, rng, idx, val, AT, dZT, s, nb):
+    """Add the block's gradients into slot s of the partials, from dZT (the output layer's
+    dL/dZ, feature-major) down to the first layer. Layers in reverse order of the forward pass:
+
+        dW[l][k, m] += sum_t A[k, t] dZ[m, t]      db[l][m] += sum_t dZ[m, t]
+        dA[k, t]     = sum_m W[k, m] dZ[m, t]      dZ_below = dA where A > 0 (the ReLU mask)
+
+    The first layer's gradient is the sparse x.T @ dz per row (dzrow: the block's dZ row-major).
+    The input layer's dA is never formed.
+    """
+    _block_backward_dense(net.W, nb, net.offs, AT, dZT, part.W, part.b, s, dzrow)
+    _sparse_outer(part.W[0][s], rng, idx, val, X.lut, nb, dzrow, net.width)
+
+
+@njit(**STRICT)
+def _alloc_scratch(net, X, nslots):
+    """Per-slot scratch for the block kernels (a Scratch), in the working dtype (the CSR lut's).
+    Allocated once per call of a kernel or a training loop, not once per step; room for BLOCK of
+    the densest row's entries (a shifted image never has more non-zero pixels than the
+    original). Allocated in compiled code: a tuple of arrays passed from Python costs a few
+    microseconds per array at every call, which small batches feel."""
+    cap = BLOCK * _densest_row(X.indptr)
+    dt = X.lut.dtype
+    units = net.offs[-1]
+    return Scratch(np.empty((nslots, BLOCK, net.W[0].shape[1]), dtype=dt),
+                   np.empty((nslots, units, BLOCK), dtype=dt),
+                   np.empty((nslots, units, BLOCK), dtype=dt),
+                   np.empty((nslots, 2, BLOCK), dtype=dt), np.empty((nslots, 2, BLOCK), dtype=np.int64),
+                   np.empty((nslots, cap), dtype=np.uint16),
+                   np.empty((nslots, cap), dtype=X.values.dtype))
+
+
+@njit(**FAST)
+def _slot_grads(part, scr, net, X, y, rows, shifts, bands, inv_n, s, r0, r1):
+    """Forward and backward rows[r0:r1], block by block, into slot s of the partials.
+    Returns the slot's summed cross-entropy (float64).
+
+    The slot first zeroes its own partials and reads the weights once in order. Both are cache
+    work, not arithmetic: after an update on the other core, the weights and partials live in
+    that core's cache, and fetching them in one sequential sweep (which the prefetcher streams)
+    is far cheaper than the random row accesses of the sparse products fetching them line by line.
+    """
+    touched = _warm_slot(part, net, s)
+    zrow, AT, dZT, colmax, colsum = scr.zrow[s], scr.AT[s], scr.dZT[s], scr.col[s, 0], scr.col[s, 1]
+    rng, bidx, bval = scr.rng[s], scr.idx[s], scr.val[s]
+    offs = net.offs
+    L = len(net.W)
+    loss = 0.0 * touched
+    for b0 in range(r0, r1, BLOCK):
+        nb = min(BLOCK, r1 - b0)
+        idx, val = _block_entries(rng, bidx, bval, X, X.indptr[:-1], X.indptr[1:], rows, shifts,
+                                  b0, nb, 0, net.W[0].shape[0])
+        _block_forward(AT, zrow, net, X, rng, idx, val,
+                       bands if shifts.shape[0] == 0 else bands[:0], rows, b0, nb)
+        loss += _block_softmax_xent(AT[offs[L - 1]:offs[L]], y, rows, b0, nb, inv_n,
+                                    dZT[offs[L - 1]:offs[L]], colmax, colsum)
+        _block_backward(part, zrow, net, X, rng, idx, val, AT, dZT, s, nb)
+    return loss
+
+
+@njit(**STRICT)
+def _warm_slot(part, net, s):
+    """Zero slot s's partials and read every cache line of the weights once, in order.
+    Returns a number derived from the reads (0.0 unless a weight is not finite), so that the
+    reads are not optimised away."""
+    for l in range(len(part.W)):
+        part.W[l][s][:] = 0
+        part.b[l][s][:] = 0
+    acc = 0.0
+    for l in range(len(net.W)):
+        w = net.W[l].reshape(-1)
+        for q in range(0, w.shape[0], 8):
+            acc += w[q] * 0.0
+    return acc
+
+
+@njit(parallel=True, **FAST)
+def _slots_kernel(part, scr, net, X, y, rows, shifts, bands, inv_n):
+    """Gradients of the batch rows (row numbers into the CSR), left as per-slot partials.
+
+    part.W[l] has shape (nslots, fan_in, fan_out); each slot zeroes its own first. prange over
+    slots: slot s takes a contiguous share of the rows and owns part.W[l][s]; nothing is shared,
+    so there are no races, and the split does not depend on the number of threads.
+    Returns the summed cross-entropy over the rows (float64).
+    """
+    nslots = part.W[0].shape[0]
+    n = rows.shape[0]
+    losses = np.zeros(nslots)
+    W, b, offs, width = net          # (no tuple inside a tuple into a prange body: see _types)
+    pW, pb = part
+    for i in prange(nslots):
+        s = np.int64(i)      # (a prange index is uint64 in the parallel code and int64 when typed
+        r0 = (n * s) // nslots                # as a plain loop: without the cast every callee
+        r1 = (n * (s + 1)) // nslots          # is compiled twice, once for each)
+        losses[s] = _slot_grads(Grads(pW, pb), scr, Net(W, b, offs, width), X, y, rows, shifts,
+                                bands, inv_n, s, r0, r1)
+    total = 0.0
+    for s in range(nslots):
+        total += losses[s]
+    return total
+
+
+@njit(**STRICT)
+def _sum_slots(grads, part):
+    """grads.W[l] = sum over s of part.W[l][s], in slot order (deterministic); the same for the
+    biases. Serial: it moves at most a few hundred KB, less than starting a parallel region costs."""
+    nslots = part.W[0].shape[0]
+    for l in range(len(grads.W)):
+        gW = grads.W[l]
+        pW = part.W[l]
+        for k in range(gW.shape[0]):
+            for m in range(gW.shape[1]):
+                gW[k, m] = pW[0, k, m]
+            for s in range(1, nslots):
+                for m in range(gW.shape[1]):
+                    gW[k, m] += pW[s, k, m]
+        gb = grads.b[l]
+        pb = part.b[l]
+        for m in range(gb.shape[0]):
+            acc = pb[0, m]
+            for s in range(1, nslots):
+                acc += pb[s, m]
+            gb[m] = acc
+
+
+@njit(**FAST)
+def _forward_kernel(outs, labels, net, X, bands, proba):
+    """Forward every row. With proba False: outs[l] (n, sizes[l+1]) receives layer l's output
+    (logits for the last). With proba True: outs[-1] (n, 10) receives the softmax probabilities
+    and the hidden layers are not stored (their outs are empty (0, sizes[l+1]) arrays: one tuple
+    type for both uses, so forward and predict_proba share one compiled kernel). If labels has
+    n entries (else it is empty), it receives each row's most probable class instead, found by
+    the thread that owns the row: read from the logits where the largest is clear of the others
+    (_clear_argmax; no exp, no division, no probabilities written), else the first maximum of
+    the row's probabilities, which are then computed and written to outs[-1] for that block
+    only. The first layer runs in pixel bands (bands: _band_cuts; none if it has no rows).
+    The rows are cut into up to NSLOTS_FWD ranges, run in parallel by _forward_slots."""
+    n = X.indptr.shape[0] - 1
+    nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
+    _forward_slots(outs, labels, _alloc_scratch(net, X, nslots), net, X, bands, proba)
+
+
+@njit(parallel=True, **FAST)
+def _forward_slots(outs, labels, scr, net, X, bands, proba):
+    """_forward_kernel's parallel part: prange over row ranges, one per slot of scr (each owns
+    its output rows). (A separate kernel because a prange body can take a named tuple only as
+    an argument of the function it is in, not as the result of a call: see _types.)"""
+    n = X.indptr.shape[0] - 1
+    nslots = scr.AT.shape[0]
+    rows = np.arange(n)              # the identity: row numbers for _block_entries
+    W, b, offs, width = net          # (see _slots_kernel)
+    for i in prange(nslots):
+        s = np.int64(i)
+        _forward_range(outs, labels, scr, Net(W, b, offs, width), X, rows, bands, proba, s,
+                       (n * s) // nslots, (n * (s + 1)) // nslots)
+
+
+@njit(**FAST)
+def _forward_range(outs, labels, scr, net, X, rows, bands, proba, s, r0, r1):
+    """_forward_kernel's work on rows r0:r1, with slot s's scratch."""
+    offs = net.offs
+    L = len(net.W)
+    zrow, AT, colmax, colsum = scr.zrow[s], scr.AT[s], scr.col[s, 0], scr.col[s, 1]
+    rng, bidx, bval = scr.rng[s], scr.idx[s], scr.val[s]
+    no_shifts = np.zeros((0, 2), dtype=np.int8)
+    for b0 in range(r0, r1, BLOCK):
+        nb = min(BLOCK, r1 - b0)
+        idx, val = _block_entries(rng, bidx, bval, X, X.indptr[:-1], X.indptr[1:], rows,
+                                  no_shifts, b0, nb, 0, net.W[0].shape[0])
+        _block_forward(AT, zrow, net, X, rng, idx, val, bands, rows, b0, nb)
+        if proba:
+            Z = AT[offs[L - 1]:offs[L]]
+            if labels.shape[0] > 0 and _clear_argmax(Z, nb, colmax, labels[b0:b0 + nb]):
+                continue                # the block's classes, read from the logits
+            _block_softmax(Z, nb, Z, colmax, colsum)
+            for m in range(Z.shape[0]):
+                z = Z[m]
+                for t in range(nb):
+                    z[t] = z[t] / colsum[t]
+            P = outs[L - 1]
+            _to_rows(P, b0, Z, nb)
+            if labels.shape[0] > 0:
+                _argmax_rows(P, b0, b0 + nb, labels)
+        else:
+            for l in range(L):
+                o = outs[l]
+                Z = AT[offs[l]:offs[l + 1]]
+                _to_rows(o, b0, Z, nb)
+
+
+@njit(**FAST)
+def _loss_kernel(grads, part, net, X, y, shifts, bands, inv_n):
+    """loss_and_grads in one compiled call: scratch, the slots, their sum into grads. Returns
+    the summed cross-entropy (float64). (shifts: the empty array, passed in rather than taken
+    from a global, whose type would be a read-only array, and would compile the whole chain of
+    kernels a second time for it.)"""
+    n = X.indptr.shape[0] - 1
+    scr = _alloc_scratch(net, X, part.W[0].shape[0])
+    total = _slots_kernel(part, scr, net, X, y, np.arange(n), shifts, bands, inv_n)
+    _sum_slots(grads, part)
+    return total
+
+
+@njit(**FAST)
+def _gd_loop(losses, net, part, opt, steps, X, y, rows, shifts, bands, inv_n):
+    """len(steps.lr) full-batch steps: gradients of all rows, then the update. losses[i] is step
+    i's mean loss, before its update."""
+    scr = _alloc_scratch(net, X, part.W[0].shape[0])
+    for it in range(steps.lr.shape[0]):
+        total = _slots_kernel(part, scr, net, X, y, rows, shifts, bands, inv_n)
+        losses[it] = total / rows.shape[0]
+        _update_from_slots(net, part, opt, steps.lr[it], steps.c1[it], steps.c2[it])
+
+
+@njit(**FAST)
+def _sgd_loop(losses, net, part, opt, steps, X, y, perm, shifts, bands, inv_ns, batch):
+    """One epoch of mini-batch steps over the rows in the order perm (the shuffle is the
+    caller's). Step i takes perm[i*batch:(i+1)*batch]; losses[i] is its mean loss."""
+    scr = _alloc_scratch(net, X, part.W[0].shape[0])
+    n = perm.shape[0]
+    for it in range(steps.lr.shape[0]):
+        r0 = it * batch
+        r1 = min(n, r0 + batch)
+        total = _slots_kernel(part, scr, net, X, y, perm[r0:r1],
+                              shifts[r0:r1] if shifts.shape[0] else shifts, bands, inv_ns[it])
+        losses[it] = total / (r1 - r0)
+        _update_from_slots(net, part, opt, steps.lr[it], steps.c1[it], steps.c2[it])

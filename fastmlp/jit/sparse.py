@@ -1,0 +1,214 @@
+"""The sparse first layer: forward (``z = x @ W1 + b1`` over a row's non-zero pixels only) and the
+weight gradient (``dW1[j] += x_j * dz``), and how a block finds its rows' entries.
+
+Legend
+------
+    rng      (2, >= nb) int64: row t of a block has entries rng[0, t] <= p < rng[1, t]
+    idx, val the entries' columns and values (the CSR's own arrays, or block-local copies of
+             shifted images); ``_value(val, lut, p)`` is entry p's input value
+    width    the first layer's width, a ``Width`` (compile-time constant) or an int
+    bands    (B - 1, n) int64: row i's entries of pixel band k (``_band_cuts``); (0, *) for none
+    nb       rows in the block (<= BLOCK)
+
+Nothing here runs in parallel itself: the callers (slots.py, split.py) own the threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit
+from numba.extending import overload
+
+from ..params import Params
+from . import _options
+from ._options import AHEAD, FAST, LEAF
+from ._codegen import Width, _WidthType, _prefetch, _row_ir_forward, _row_ir_outer, _value, _width
+from .csr import CSR, _cached_for_csr, _pixel_counts, _row_cuts
+
+
+def _first_width(params: Params):
+    h = params.sizes[1]
+    return Width(h) if h in _options.CONST_WIDTHS else int(h)
+
+
+def _sparse_row(z, W, b, idx, val, lut, p0, p1, width):
+    """z = x @ W + b for one sparse row x: its non-zero inputs are (idx[p], _value(val, lut, p))
+    for p0 <= p < p1. ``width`` is W.shape[1], as ``Width`` (a compile-time trip count) or an int.
+
+    This body serves any width; it combines four rows of W per pass over z, which quarters the
+    loads and stores of z and breaks the store-to-load dependency from one entry to the next.
+    For a Width, compiled code runs _ir_row_loop instead (the accumulator in registers)."""
+    H = _width(width)
+    for k in range(H):
+        z[k] = b[k]
+    p = p0
+    while p + 4 <= p1:
+        w0 = W[idx[p]]
+        w1 = W[idx[p + 1]]
+        w2 = W[idx[p + 2]]
+        w3 = W[idx[p + 3]]
+        v0, v1 = _value(val, lut, p), _value(val, lut, p + 1)
+        v2, v3 = _value(val, lut, p + 2), _value(val, lut, p + 3)
+        for k in range(H):
+            z[k] += (v0 * w0[k] + v1 * w1[k]) + (v2 * w2[k] + v3 * w3[k])
+        p += 4
+    while p < p1:
+        w0 = W[idx[p]]
+        v0 = _value(val, lut, p)
+        for k in range(H):
+            z[k] += v0 * w0[k]
+        p += 1
+
+
+def _sparse_row_outer(gW, d, idx, val, lut, p0, p1, width):
+    """gW[idx[p], :] += _value(val, lut, p) * d for p0 <= p < p1: one sparse row's share of the
+    first layer's weight gradient x.T @ d. ``width``: as in _sparse_row (d's size)."""
+    H = _width(width)
+    for p in range(p0, p1):
+        g = gW[idx[p]]
+        v = _value(val, lut, p)
+        for k in range(H):
+            g[k] += v * d[k]
+
+
+@overload(_sparse_row, jit_options=dict(FAST, inline="always"))
+def _sparse_row_impl(z, W, b, idx, val, lut, p0, p1, width):
+    if isinstance(width, _WidthType):
+        return lambda z, W, b, idx, val, lut, p0, p1, width: _row_ir_forward(
+            z, W, b, idx, val, lut, p0, p1, width)
+    return _sparse_row
+
+
+@overload(_sparse_row_outer, jit_options=dict(FAST, inline="always"))
+def _sparse_row_outer_impl(gW, d, idx, val, lut, p0, p1, width):
+    if isinstance(width, _WidthType):
+        return lambda gW, d, idx, val, lut, p0, p1, width: _row_ir_outer(
+            d, gW, d, idx, val, lut, p0, p1, width)
+    return _sparse_row_outer
+
+
+@njit(**LEAF)
+def _sparse_matmul(Z, W, b, rng, idx, val, lut, nrows, width):
+    """Z[t] = x_t @ W + b for the rows t < nrows of a sparse block: row t's non-zero inputs are
+    (idx[p], _value(val, lut, p)) for p in rng[0, t]..rng[1, t]-1 (see _block_entries). The
+    first layer's forward. One call covers many rows, because a call of a Numba function passes
+    every array as seven values."""
+    for t in range(nrows):
+        _sparse_row(Z[t], W, b, idx, val, lut, rng[0, t], rng[1, t], width)
+
+
+@njit(**LEAF)
+def _sparse_matmul_bands(Z, W, b, rng, cuts, rows, r0, idx, val, lut, nrows, width):
+    """_sparse_matmul for the rows t < nrows of a block whose row t is the CSR's row rows[r0 + t],
+    band by band (cuts from _band_cuts): first every row's entries in the first pixel band, from the
+    bias, then every row's in the next, from the row's partial sum, and so on. One band's weight
+    rows are a fraction of W, and they stay closer to the core while the block's rows go by:
+    2.2 instead of 2.9 ns per non-zero pixel on one core. Same bits as _sparse_matmul at a
+    compile-time width: each row's entries are added in the same order, and its partial sum is
+    stored and reloaded exactly between bands."""
+    E = cuts.shape[0]
+    for t in range(nrows):
+        p1 = cuts[0, rows[r0 + t]] if E > 0 else rng[1, t]
+        _sparse_row(Z[t], W, b, idx, val, lut, rng[0, t], p1, width)
+    for k in range(1, E + 1):
+        for t in range(nrows):
+            i = rows[r0 + t]
+            p1 = cuts[k, i] if k < E else rng[1, t]
+            _sparse_row(Z[t], W, Z[t], idx, val, lut, cuts[k - 1, i], p1, width)
+
+
+def _first_layer(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows, width):
+    """The block's sparse first layer: in pixel bands if there are any (_band_cuts gives them
+    only for a compile-time width, and compiled code has the band loop only for one: the
+    overload below), else row by row."""
+    if bands.shape[0] > 0:
+        _sparse_matmul_bands(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows, width)
+    else:
+        _sparse_matmul(Z, W, b, rng, idx, val, lut, nrows, width)
+
+
+@overload(_first_layer, jit_options=dict(FAST, inline="always"))
+def _first_layer_impl(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows, width):
+    if isinstance(width, _WidthType):
+        return _first_layer
+    return lambda Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows, width: _sparse_matmul(
+        Z, W, b, rng, idx, val, lut, nrows, width)
+
+
+@njit(**LEAF)
+def _sparse_outer(gW, rng, idx, val, lut, nrows, D, width):
+    """gW += X.T @ D for the rows t < nrows of a sparse block X (as in _sparse_matmul), only
+    where X != 0. The first layer's weight gradient."""
+    for t in range(nrows):
+        _sparse_row_outer(gW, D[t], idx, val, lut, rng[0, t], rng[1, t], width)
+
+
+@njit(**FAST)
+def _block_entries(rng, bidx, bval, X, starts, ends, rows, shifts, b0, nb, j0, j1):
+    """Find the non-zero inputs of the block rows rows[b0:b0+nb] of the CSR X in the columns
+    j0 <= j < j1 (all of them with 0, n_cols; a pixel range in the split step). Returns arrays
+    (idx, val) and fills rng (2, >= nb): row t's entries are idx[p], val[p] for
+    rng[0, t] <= p < rng[1, t].
+
+    Without shifts nothing is copied: (idx, val) are the CSR's own arrays, and row i's entries
+    in the column range are starts[i]:ends[i] (indptr[:-1] and indptr[1:] for all columns; for a
+    pixel range, the ends of one run, since a row's columns are sorted: see _row_cuts). With
+    shifts (an (n, 2) int8 array aligned with rows; empty for none), the image of row
+    rows[b0 + t] is moved by shifts[b0 + t] = (dy, dx) pixels, filling with zeros: pixel (r, c)
+    goes to (r + dy, c + dx) and pixels that leave the 28x28 frame are dropped (augmentation).
+    The moved entries are written to the block-local bidx, bval (columns still sorted), which
+    are returned.
+    """
+    indptr, indices, values = X.indptr, X.indices, X.values
+    has_shift = shifts.shape[0] > 0
+    q = 0
+    for t in range(nb):
+        if t + AHEAD < nb:            # rows lie anywhere in the dataset: ask for the memory of
+            ahead = rows[b0 + t + AHEAD]                   # a later row early, so that cache
+            for p in range(starts[ahead], ends[ahead], 32):  # misses overlap
+                _prefetch(indices, p)
+            for p in range(starts[ahead], ends[ahead], 64):
+                _prefetch(values, p)
+        i = rows[b0 + t]
+        if not has_shift:
+            rng[0, t] = starts[i]
+            rng[1, t] = ends[i]
+            continue
+        dy = np.int64(shifts[b0 + t, 0])
+        dx = np.int64(shifts[b0 + t, 1])
+        rng[0, t] = q
+        for p in range(indptr[i], indptr[i + 1]):
+            j = np.int64(indices[p])
+            r = j // 28 + dy
+            c = j % 28 + dx
+            j = r * 28 + c
+            if 0 <= r < 28 and 0 <= c < 28 and j0 <= j < j1:
+                bidx[q] = j
+                bval[q] = values[p]
+                q += 1
+        rng[1, t] = q
+    if has_shift:
+        return bidx, bval
+    return indices, values
+
+
+def _band_cuts(params: Params, csr: CSR) -> np.ndarray:
+    """The pixel bands of this CSR for the kernels that read its rows in order (the forward ones,
+    and the slot step of full batches; see _NO_BANDS): (B - 1, n) int64, row i's entries of band k
+    are cuts[k - 1, i]:cuts[k, i] (with indptr[i] and indptr[i + 1] at the ends). B bands of
+    pixels whose first-layer weight rows total about BAND_BYTES, cut at equal shares of the
+    entries (counted on the first 2,000 rows): 3 for the default float32 network. Only where
+    the IR row loop runs (a compile-time width, compiled), which adds a row's entries one by one
+    to its sum, so that adding them band by band changes no bit; (0, n) otherwise (the Numba
+    loops add four entries at a time). Cached per CSR."""
+    n_in, H = params.sizes[0], params.sizes[1]
+    B = max(1, round(n_in * H * params.dtype.itemsize / _options.BAND_BYTES))
+    if B == 1 or not isinstance(_first_width(params), Width) or numba.config.DISABLE_JIT:
+        return np.zeros((0, len(csr)), dtype=np.int64)
+
+    def make():
+        counts = _pixel_counts(csr, n_in)
+        edges = np.searchsorted(counts, counts[-1] * np.arange(1, B) / B, side="right")
+        return _row_cuts(csr.indptr, csr.indices, edges.astype(np.int64))
+    return _cached_for_csr(csr, ("bands", H * params.dtype.itemsize), make)
