@@ -1,11 +1,31 @@
-"""Helpers shared by the benchmark suites."""
+"""Helpers shared by the benchmark suites (conftest.py, test_bench.py) and the scripts that
+report benchmarks (scripts/bench_numba.py imports this file): FLOP counts, the machine's matmul
+rate, the settle pause, and what machine and software a figure was measured with."""
+
+import os
+import platform
+import time
+
+import numpy as np
 
 from fastmlp import jit as J, reference as R
+from fastmlp.machine import cpu_model, l2_bytes, numba_target
 
 # dense-equivalent floating-point operations per sample (DESIGN.md): what the dense algorithm
 # would do; the sparse kernels do less, so their GFLOP/s is an "effective" rate
 FLOPS_FORWARD = 2 * (784 * 72 + 72 * 36 + 36 * 10)                          # 118,800
 FLOPS_TRAIN = FLOPS_FORWARD + 2 * (784 * 72 + 2 * 72 * 36 + 2 * 36 * 10)    # 243,504
+
+BACKENDS = {"reference": R, "numba": J}
+
+# A pause before each measurement: after a BLAS call OpenBLAS's worker threads keep spinning for
+# about 0.1 s, and on two cores they take half the machine from whatever runs next (numba's
+# predict on 10,000 images took 5.7 ms after a pause and 9.8-13.7 ms right after the reference's).
+SETTLE_S = 0.3
+
+
+def settle():
+    time.sleep(SETTLE_S)
 
 
 def rounds_for(seconds_per_call, budget=1.0, lo=3, hi=100):
@@ -13,4 +33,43 @@ def rounds_for(seconds_per_call, budget=1.0, lo=3, hi=100):
     return int(min(hi, max(lo, budget / max(seconds_per_call, 1e-9))))
 
 
-BACKENDS = {"reference": R, "numba": J}
+def matmul_gflops(repeats=7, n=2048):
+    """This machine's float32 matrix-product rate: the median of `repeats` products of two
+    n x n float32 matrices (NumPy's BLAS, all its threads), after one untimed product."""
+    rng = np.random.default_rng(0)
+    A = rng.random((n, n), dtype=np.float32)
+    B = rng.random((n, n), dtype=np.float32)
+    settle()
+    A @ B
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        A @ B
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / float(np.median(times)) / 1e9
+
+
+def environment():
+    """The machine and software of a run: CPU model, the ISA Numba compiles for, L2 size, cores,
+    thread counts, BLAS and versions."""
+    import numba
+    import scipy
+    from threadpoolctl import threadpool_info
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    l2 = l2_bytes()
+    return {
+        "numba_threads": numba.get_num_threads(),
+        "blas_threads": blas[0]["num_threads"] if blas else None,
+        "blas": f"{blas[0]['internal_api']} {blas[0]['version']}" if blas else None,
+        "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
+        "python": platform.python_version(), "cpu": cpu_model(), "cores": os.cpu_count(),
+        "numba_target": numba_target(), "l2_kib": l2 // 1024 if l2 else None,
+    }
+
+
+def header_line(env) -> str:
+    """One line naming the machine, for the top of a report."""
+    l2 = f"{env['l2_kib']} KiB L2 per core" if env.get("l2_kib") else "L2 size unknown"
+    return (f"{env['cpu']}, {env['cores']} cores, Numba compiling for {env['numba_target']}, {l2}; "
+            f"numba threads {env['numba_threads']}, BLAS threads {env['blas_threads']} "
+            f"({env['blas']}); numpy {env['numpy']}, numba {env['numba']}")

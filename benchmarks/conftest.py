@@ -1,14 +1,10 @@
 """Fixtures for the benchmark suites: the data, the machine's matmul rate, and extra_info."""
 
-import os
-import platform
-import time
-
 import numpy as np
 import pytest
 
+import bench_support
 import fastmlp
-
 
 
 @pytest.fixture(scope="session")
@@ -20,44 +16,13 @@ def mnist():
 
 @pytest.fixture(scope="session")
 def matmul_gflops():
-    """This machine's float32 matrix-product rate, measured once per run: the median of 7
-    products of two 2048x2048 float32 matrices (NumPy's BLAS, all its threads)."""
-    rng = np.random.default_rng(0)
-    A = rng.random((2048, 2048), dtype=np.float32)
-    B = rng.random((2048, 2048), dtype=np.float32)
-    A @ B
-    times = []
-    for _ in range(7):
-        t = time.perf_counter()
-        A @ B
-        times.append(time.perf_counter() - t)
-    return 2 * 2048 ** 3 / np.median(times) / 1e9
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """This machine's float32 matrix-product rate, measured once per run (bench_support)."""
+    return bench_support.matmul_gflops()
 
 
 @pytest.fixture(scope="session")
 def environment():
-    import numba
-    import scipy
-    from threadpoolctl import threadpool_info
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    return {
-        "numba_threads": numba.get_num_threads(),
-        "blas_threads": blas[0]["num_threads"] if blas else None,
-        "blas": f"{blas[0]['internal_api']} {blas[0]['version']}" if blas else None,
-        "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
-        "python": platform.python_version(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-    }
+    return bench_support.environment()
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from fastmlp import init_params, jit as J, reference as R
+from fastmlp.compare import tolerance
 
-from bench_support import BACKENDS, FLOPS_FORWARD, FLOPS_TRAIN, rounds_for
+from bench_support import BACKENDS, FLOPS_FORWARD, FLOPS_TRAIN, rounds_for, settle
 
 DTYPES = [np.float32, np.float64]
 _REF_CACHE = {}
@@ -34,16 +35,10 @@ def _module(kind):
     return BACKENDS["numba" if kind.startswith("numba") else "reference"]
 
 
-SETTLE_S = 0.3
-
-
 def _time(benchmark, fn, setup=None, budget=1.0):
-    """Pause SETTLE_S, warm up once (compile), then pedantic rounds sized to the budget.
-
-    The pause: after each BLAS call (the reference's, or a reference result computed for a
-    check), OpenBLAS's worker threads keep spinning for about 0.1 s, and on two cores they take
-    half the machine from whatever runs next. Every benchmark gets the same quiet start."""
-    time.sleep(SETTLE_S)
+    """The settle pause (bench_support.SETTLE_S: every benchmark gets the same quiet start), a
+    warm-up call (compiles), then pedantic rounds sized to the budget."""
+    settle()
     t = time.perf_counter()
     args = setup()[0] if setup else ()
     fn(*args)
@@ -60,12 +55,9 @@ def _ref(key, compute):
     return _REF_CACHE[key]
 
 
-def _tol(dtype):
-    return (1e-9, 1e-9) if dtype == np.float64 else (2e-4, 2e-5)
-
-
 def _close(a, b, dtype, what):
-    rtol, atol = _tol(dtype)
+    """The same agreement the tests ask for (fastmlp.compare.TOLERANCES)."""
+    atol, rtol = tolerance(dtype)
     b = np.asarray(b, dtype=np.float64)
     np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=rtol,
                                atol=atol * max(1.0, np.abs(b).max()), err_msg=what)

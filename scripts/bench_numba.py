@@ -30,12 +30,13 @@ import numpy as np
 import fastmlp
 from fastmlp import jit as J, reference as R
 
-FLOPS_TRAIN = 243_504
-FLOPS_FORWARD = 118_800
 ROOT = Path(__file__).resolve().parent.parent
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_support import (FLOPS_FORWARD, FLOPS_TRAIN, environment, header_line,  # noqa: E402
+                           matmul_gflops, settle)
 
-SETTLE_S = 0.3   # pause before each measurement (see median_time, paired_times)
+
 GROUPS = {         # --only: the rows of each group
     "loss": "loss_and_grads on dense and on compressed X",
     "gd": "the full-batch training loop",
@@ -48,38 +49,19 @@ GROUPS = {         # --only: the rows of each group
 }
 
 
-def median_time(fn, repeats, setup=None):
-    """Median wall time of fn over `repeats` calls, after one untimed call (compilation).
-
-    Starts with a SETTLE_S pause: after each BLAS call, OpenBLAS's worker threads keep spinning
-    for about 0.1 s, and on two cores they take half the machine from whatever runs next
-    (measured: numba's predict on 10,000 images takes 5.7 ms after a pause and 9.8-13.7 ms right
-    after the reference's). Every measurement, reference or numba, gets the same quiet start."""
-    time.sleep(SETTLE_S)
-    args = setup() if setup else ()
-    fn(*args)                                   # warm-up (and compilation)
-    times = []
-    for _ in range(repeats):
-        args = setup() if setup else ()
-        t = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def paired_times(ref_fn, jit_fn, repeats, setup=None):
     """(median time of ref_fn, median time of jit_fn, median of the per-pair ratios), timed in
     alternation: ref, jit, ref, jit, ... This machine has slow spells that come and go over
     seconds; timed in two blocks, one side of a ratio can fall in a spell and the other not (an
     epoch ratio of 3.6x once, 5.3x in the next run), while a pair sees the same machine on both
-    sides. Each timed call follows a SETTLE_S pause (see median_time) and then one untimed call
+    sides. Each timed call follows the settle pause (bench_support.SETTLE_S) and then one untimed call
     of the same function (compilation the first time; after that it wakes the thread pool and
     brings the weights back into cache: numba's predict on 10,000 images takes ~5 ms as the first
     call after a pause and ~3 ms as the next), so both sides are timed warm, as in a loop."""
     t_ref, t_jit = [], []
     for _ in range(repeats):
         for fn, out in ((ref_fn, t_ref), (jit_fn, t_jit)):
-            time.sleep(SETTLE_S)
+            settle()
             fn(*(setup() if setup else ()))
             args = setup() if setup else ()
             t = time.perf_counter()
@@ -87,13 +69,6 @@ def paired_times(ref_fn, jit_fn, repeats, setup=None):
             out.append(time.perf_counter() - t)
     ratios = np.array(t_ref) / np.array(t_jit)
     return float(np.median(t_ref)), float(np.median(t_jit)), float(np.median(ratios))
-
-
-def matmul_gflops(repeats=7):
-    rng = np.random.default_rng(0)
-    A = rng.random((2048, 2048), dtype=np.float32)
-    B = rng.random((2048, 2048), dtype=np.float32)
-    return 2 * 2048 ** 3 / median_time(lambda: A @ B, repeats) / 1e9
 
 
 CHILD = r"""
@@ -159,7 +134,7 @@ def main(argv=None):
         return args.only is None or group in args.only
 
     import numba
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
 
     k = args.repeats
     rate = matmul_gflops(k)
@@ -261,12 +236,10 @@ def main(argv=None):
         extra["peak_rss_mb_full_batch_training_cold"] = cold
         extra["peak_rss_mb_full_batch_training"] = warm
 
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    print(f"# fastmlp: numba vs reference ({time.strftime('%Y-%m-%d')}, "
-          f"{fastmlp.cli.machine_info()['cpu']}, {os.cpu_count()} cores, numba threads "
-          f"{n_threads}, BLAS threads {blas[0]['num_threads'] if blas else '?'}; "
-          f"float32 matmul rate {rate:.0f} GFLOP/s; medians of {k}, ratios: medians of {k} "
-          f"alternating pairs)")
+    print(f"# fastmlp: numba vs reference ({time.strftime('%Y-%m-%d')})")
+    print()
+    print(f"{header_line(environment())}; float32 matmul rate {rate:.0f} GFLOP/s; times are "
+          f"medians of {k}, ratios medians of {k} alternating pairs.")
     if rows:
         print()
         print("| measurement | reference | numba | ratio | numba rate | fraction of matmul rate |")
@@ -277,7 +250,7 @@ def main(argv=None):
               f"| {ratio} | {r['rate']:,.1f} {r['unit']} | {100 * r['fraction_of_matmul']:.1f}% |")
     if extra:
         print()
-        print(f"| start and memory | value |")
+        print("| start and memory | value |")
         print("|---|---:|")
         print(f"| cold start: compile + first full-batch iteration | "
               f"{extra['cold_to_first_iteration_s']:.2f} s |")
@@ -295,5 +268,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import fastmlp.cli  # noqa: F401  (machine_info)
     sys.exit(main())

@@ -40,8 +40,8 @@ def main(argv):
     load = np.array([m["load_seconds"] for m in rows])
     m = rows[0]
     print()
-    print(f"| recipe | seeds | test accuracy mean | min | max | training time (median) | "
-          f"start-up (median) | data loading (median) |")
+    print("| recipe | seeds | test accuracy mean | min | max | training time (median) | "
+          "start-up (median) | data loading (median) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     recipe = (f"{m['dataset']}, {m['backend']} {m['dtype']}, {m['optimizer']} lr {m['lr']:g}, "
               f"{m['epochs'] or m['iterations']} {'epochs' if m['epochs'] else 'iterations'}"
