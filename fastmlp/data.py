@@ -29,8 +29,10 @@ import gzip
 import hashlib
 import os
 import struct
+import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +69,6 @@ DATASETS = {
         "mirrors": (
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
         ),
         "md5": {
             "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -82,7 +83,6 @@ DATASETS = {
         "cache_subdir": "fashion",
         "system_dirs": ("/usr/share/datasets/fashion-mnist",),
         "mirrors": (
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
         ),
         "md5": {
@@ -107,7 +107,16 @@ _IDX_TYPES = {
     0x0E: np.dtype(">f8"),
 }
 
-DOWNLOAD_TIMEOUT = 20.0  # seconds per connection attempt
+# Limits. Nothing a file or a server says is believed before it is bounded: each of these caps
+# what one input may make this process allocate or wait for.
+DOWNLOAD_TIMEOUT = 20.0        # seconds a connection may stay silent
+DOWNLOAD_DEADLINE = 300.0      # seconds for one whole file, however slowly its bytes come
+MAX_DOWNLOAD_BYTES = 64 << 20  # a download (MNIST's largest .gz is 9.9 MB, Fashion's 26 MB)
+MAX_IDX_BYTES = 256 << 20      # an uncompressed IDX file of a name whose size is not known in
+                               # advance (MNIST's largest is 47 MB); a known one gets its exact size
+MAX_CSV_BYTES = 1 << 30        # a CSV file (MNIST's training set as CSV is about 110 MB)
+MAX_CSV_LINE = 64 << 10        # a CSV line: a label and 784 pixels fit in 4 KB, the Kaggle
+                               # header in 6 KB
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -118,21 +127,44 @@ class DataNotFoundError(FileNotFoundError):
 # readers
 
 
-def _open_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when the name ends in .gz (a ValueError if it is not gzip)."""
-    return _gunzip(path.read_bytes(), str(path), path.suffix == ".gz")
+def _open_bytes(path: Path, limit: int | None = None, name: str | None = None,
+                gz: bool | None = None) -> bytes:
+    """The file's content, gunzipped when the name ends in .gz (a ValueError if it is not gzip),
+    read in a stream and refused (ValueError) as soon as it exceeds ``limit`` bytes: a small .gz
+    that unpacks to gigabytes never reaches memory. ``gz``: gzip data whatever the name says."""
+    name = name or str(path)
+    gz = path.suffix == ".gz" if gz is None else gz
+    limit = MAX_IDX_BYTES if limit is None else limit
+    if not path.is_file():
+        raise ValueError(f"{name}: not a regular file")
+    size = path.stat().st_size
+    if not gz:
+        if size > limit:
+            raise ValueError(f"{name}: the file is {size} bytes; at most {limit} expected")
+        return path.read_bytes()
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+        if magic != b"\x1f\x8b":
+            raise ValueError(f"{name}: not a gzip file (the name ends in .gz but the content does "
+                             f"not start with the gzip magic bytes 1f 8b; got "
+                             f"{magic.hex() or 'an empty file'})")
+        fh.seek(0)
+        try:
+            with gzip.GzipFile(fileobj=fh) as gz:
+                content = gz.read(limit + 1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+    if len(content) > limit:
+        raise ValueError(f"{name}: the gzip data unpacks to more than {limit} bytes; at most "
+                         f"{limit} expected")
+    return content
 
 
-def _gunzip(raw: bytes, name: str, is_gz: bool) -> bytes:
-    if not is_gz:
-        return raw
-    if raw[:2] != b"\x1f\x8b":
-        raise ValueError(f"{name}: not a gzip file (the name ends in .gz but the content does not "
-                         f"start with the gzip magic bytes 1f 8b; got {raw[:2].hex() or 'an empty file'})")
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise ValueError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+def _expected_bytes(stem: str, dataset: str) -> int:
+    """The exact size of a standard file's uncompressed content (its header and data)."""
+    split, kind = next(k for k, v in FILES.items() if v == stem)
+    n = DATASETS[dataset]["counts"][split]
+    return 16 + 784 * n if kind == "images" else 8 + n
 
 
 def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -179,6 +211,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
     if labels.ndim != 1:
         raise ValueError(f"{name}: labels must be one-dimensional; got shape {labels.shape}")
+    if labels.dtype.kind == "f":            # (a NaN compares false with every bound below)
+        bad = ~np.isfinite(labels) | (labels != np.round(labels))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{name}: labels must be whole numbers in 0..9; got {labels[k]} at "
+                             f"row {k}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         bad = int(np.flatnonzero((labels < 0) | (labels > 9))[0])
         raise ValueError(f"{name}: labels must be in 0..9; got {int(labels[bad])} at row {bad}")
@@ -204,18 +242,14 @@ def read_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     import pandas as pd
 
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            first = fh.readline().decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the CSV file ({exc.strerror})") from None
-    if not first.strip():
-        raise ValueError(f"{path}: empty CSV file: expected rows of a label and 784 pixels")
+    _check_csv_shape(path)
+    with open(path, "rb") as fh:
+        first = fh.readline().decode("utf-8-sig", errors="replace")   # (a BOM is not a header)
     first_cell = first.split(",")[0].strip().strip('"')
     has_header = not _is_number(first_cell)
     try:
         frame = pd.read_csv(path, header=0 if has_header else None, dtype=str,
-                            keep_default_na=False, skip_blank_lines=True)
+                            keep_default_na=False, skip_blank_lines=True, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: malformed CSV ({msg})") from None
@@ -243,6 +277,44 @@ def read_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                          f"column {c + 2}")
     labels = _check_labels(labels, str(path))
     return pixels.astype(np.uint8), labels
+
+
+def _check_csv_shape(path: Path) -> None:
+    """Before pandas sees the file: a regular file of at most MAX_CSV_BYTES, whose lines are at
+    most MAX_CSV_LINE bytes long and whose first line has 785 cells. (pandas holds a whole line's
+    cells at once: one line of 200 MB took 17 GB, a million columns 39 s.)"""
+    try:
+        if not path.is_file():
+            raise ValueError(f"{path}: not a regular file")
+        size = path.stat().st_size
+        if size > MAX_CSV_BYTES:
+            raise ValueError(f"{path}: the CSV file is {size} bytes; at most {MAX_CSV_BYTES} "
+                             f"expected")
+        with open(path, "rb") as fh:
+            first = fh.readline(MAX_CSV_LINE + 1)
+            longest, carry = 0, 0
+            fh.seek(0)
+            while chunk := fh.read(1 << 22):
+                ends = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10)
+                if ends.size == 0:
+                    carry += len(chunk)
+                else:
+                    longest = max(longest, carry + int(ends[0]),
+                                  int(np.diff(ends).max(initial=0)))
+                    carry = len(chunk) - int(ends[-1]) - 1
+                if max(longest, carry) > MAX_CSV_LINE:
+                    raise ValueError(f"{path}: a line of the CSV file is longer than "
+                                     f"{MAX_CSV_LINE} bytes; a line of MNIST CSV is a label and "
+                                     f"784 pixels")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the CSV file ({exc.strerror})") from None
+    text = first.decode("utf-8-sig", errors="replace")
+    if not text.strip():
+        raise ValueError(f"{path}: empty CSV file: expected rows of a label and 784 pixels")
+    cells = text.count(",") + 1
+    if cells != 785:
+        raise ValueError(f"{path}: wrong number of columns: expected 785 (label + 784 pixels); "
+                         f"got {cells} in the first line")
 
 
 def _is_number(text: str) -> bool:
@@ -313,7 +385,7 @@ def find_dataset(split: str, dataset: str = "mnist", data_dir=None):
 
 
 def _load_idx_verified(path: Path, stem: str, dataset: str, verify: bool) -> np.ndarray:
-    content = _open_bytes(path)
+    content = _open_bytes(path, _expected_bytes(stem, dataset))
     arr = parse_idx(content, str(path))  # structural faults first: they say more
     if verify:
         _verify(content, stem, dataset, path)
@@ -400,7 +472,7 @@ def _download_from_mirrors(stem: str, dataset: str, target: Path, progress: bool
         url = mirror + stem + ".gz"
         try:
             download_file(url, target / (stem + ".gz"), expected_md5=DATASETS[dataset]["md5"][stem],
-                          progress=progress)
+                          progress=progress, expected_bytes=_expected_bytes(stem, dataset))
             return True, errors
         except (OSError, ValueError, urllib.error.URLError) as exc:
             errors.append(f"{url}: {exc}")
@@ -408,8 +480,10 @@ def _download_from_mirrors(stem: str, dataset: str, target: Path, progress: bool
 
 
 def download_file(url: str, dest, *, expected_md5: str | None = None, progress: bool = True,
-                  timeout: float = DOWNLOAD_TIMEOUT) -> Path:
-    """Download ``url`` to ``dest`` atomically, checking the MD5 of the (gunzipped) content.
+                  timeout: float = DOWNLOAD_TIMEOUT, expected_bytes: int | None = None) -> Path:
+    """Download ``url`` to ``dest`` atomically, checking the MD5 of the (gunzipped) content
+    (``expected_bytes`` long, if given). At most MAX_DOWNLOAD_BYTES arrive, within
+    DOWNLOAD_DEADLINE seconds, each read within ``timeout``; else a ValueError.
 
     The bytes go to a temporary file beside ``dest``, which is renamed into place only when the
     transfer is complete and the checksum matches; on any failure it is removed. Two processes
@@ -422,23 +496,33 @@ def download_file(url: str, dest, *, expected_md5: str | None = None, progress: 
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     def write(out):
+        deadline = time.monotonic() + DOWNLOAD_DEADLINE
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             total = resp.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
+            if total is not None and total > MAX_DOWNLOAD_BYTES:
+                raise ValueError(f"the server announces {total} bytes; at most "
+                                 f"{MAX_DOWNLOAD_BYTES} expected")
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress,
                       leave=False) as bar:
                 while True:
-                    chunk = resp.read(1 << 16)
+                    chunk = resp.read1(1 << 16)     # (what has arrived: read() waits for all)
                     if not chunk:
                         break
                     out.write(chunk)
                     bar.update(len(chunk))
+                    if out.tell() > MAX_DOWNLOAD_BYTES:
+                        raise ValueError(f"the download exceeded {MAX_DOWNLOAD_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise ValueError(f"the download took longer than {DOWNLOAD_DEADLINE:g} s "
+                                         f"({out.tell()} bytes so far)")
             if total is not None and out.tell() != total:
                 raise ValueError(f"incomplete download: expected {total} bytes; got {out.tell()}")
 
     def verify(tmp: Path):
         if expected_md5 is not None:
-            got = md5_hex(_gunzip(tmp.read_bytes(), url, dest.suffix == ".gz"))
+            limit = expected_bytes if expected_bytes is not None else MAX_IDX_BYTES
+            got = md5_hex(_open_bytes(tmp, limit, name=url, gz=dest.suffix == ".gz"))
             if got != expected_md5:
                 raise ValueError(f"checksum mismatch: expected MD5 {expected_md5}; got {got}")
 
