@@ -3,11 +3,21 @@ else in the package (Pillow reads the files)."""
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
+
+# Raster formats only: Pillow would hand EPS to Ghostscript, and other plugins parse formats no
+# one sends a digit in.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+# A digit needs few pixels (MNIST's have 784); 4 million is a 2000 x 2000 photo, and bounds what
+# one image makes this process allocate to about 200 MB (Pillow's own limit is 89 million).
+MAX_PIXELS = 4_000_000
 
 
 def image_to_mnist(path) -> np.ndarray:
-    """Read an image file (PNG or anything Pillow reads) and convert it the MNIST way.
+    """Read an image file (PNG, JPEG, GIF, BMP, TIFF, WebP or PPM) and convert it the MNIST way.
 
     1. Grayscale; transparent pixels are composited onto the background colour that contrasts
        with the opaque pixels' ink.
@@ -17,15 +27,30 @@ def image_to_mnist(path) -> np.ndarray:
     4. Scaled so its longer side is 20 pixels, keeping the aspect ratio.
     5. Placed in a 28x28 image so that its centre of mass is at the centre.
 
-    Returns uint8 (784,), row-major.
+    The image is turned upright first if its EXIF data says it was taken rotated. Its size is
+    checked (at most MAX_PIXELS) before anything is decoded. Returns uint8 (784,), row-major.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    path = Path(path)
+    if not path.is_file():          # (a FIFO or a device would block, or never end)
+        what = "a directory" if path.is_dir() else "no such file" if not path.exists() \
+            else "not a regular file"
+        raise ValueError(f"{path}: not an image file ({what})")
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgba = np.asarray(im.convert("RGBA"), dtype=np.float64) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=FORMATS) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise ValueError(f"the image is {w} x {h} pixels; at most {MAX_PIXELS} "
+                                     f"pixels are read")
+                im = ImageOps.exif_transpose(im)
+                im.load()
+                rgba = np.asarray(im.convert("RGBA"), dtype=np.float64) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning, SyntaxError) as exc:
+        raise ValueError(f"{path}: not a readable image of a supported format "
+                         f"({', '.join(FORMATS)}): {exc}") from None
     lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114])
     alpha = rgba[..., 3]
     if (alpha < 0.99).any():
