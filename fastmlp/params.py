@@ -11,7 +11,8 @@ float64 from ``numpy.random.default_rng(seed)``, and is then cast to the request
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,28 @@ def as_dtype(dtype) -> np.dtype:
     return dt
 
 
+# Limits on a network's shape (a model file declares its own: it is believed only within these).
+MAX_LAYERS = 64                   # weight layers
+MAX_WIDTH = 1 << 16               # units in one layer
+MAX_PARAMETERS = 100_000_000      # weights and biases in all: 400 MB in float32
+
+
 def check_sizes(sizes) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in sizes)
-    except (TypeError, ValueError):
-        raise TypeError(f"sizes must be a sequence of integers like (784, 72, 36, 10); got {sizes!r}") from None
-    if len(sizes) < 2 or min(sizes) < 1:
-        raise ValueError(f"sizes must list at least two layer widths, each >= 1; got {sizes}")
+    """Layer widths: a sequence (not a string) of at least two integers (not bools or floats),
+    each in 1..MAX_WIDTH, at most MAX_LAYERS + 1 of them, at most MAX_PARAMETERS parameters."""
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+        raise TypeError(f"sizes must be a sequence of integers like (784, 72, 36, 10); got {sizes!r}")
+    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
+    if bad:
+        raise TypeError(f"sizes must be integers like (784, 72, 36, 10); got {bad[0]!r} in "
+                        f"{tuple(sizes)!r}")
+    sizes = tuple(int(s) for s in sizes)
+    if not 2 <= len(sizes) <= MAX_LAYERS + 1 or min(sizes) < 1 or max(sizes) > MAX_WIDTH:
+        raise ValueError(f"sizes must list 2 to {MAX_LAYERS + 1} layer widths, each in "
+                         f"1..{MAX_WIDTH}; got {sizes}")
+    n = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"sizes {sizes} make {n} parameters; at most {MAX_PARAMETERS}")
     return sizes
 
 
@@ -88,17 +104,39 @@ class Params:
     biases[i]  : shape (sizes[i+1],), same dtype
 
     Every array starts on a cache line (``as_aligned``: a copy is made when one does not).
+    Arrays must be float32 or float64 in the machine's byte order, and finite (a network with a
+    NaN weight predicts nonsense): anything else is a TypeError or ValueError.
 
-    Gradients are Params too (``grads.weights[i]`` is dL/dW_i).
+    Gradients are Params too (``grads.weights[i]`` is dL/dW_i); they, and copies, are made with
+    ``Params._trusted``, which does not look for non-finite values (a diverged run's gradients
+    may hold them; training reports that itself).
     """
 
     weights: list
     biases: list
+    _check_finite: bool = field(default=True, repr=False, compare=False)
+
+    @classmethod
+    def _trusted(cls, weights, biases) -> "Params":
+        return cls(weights, biases, False)
 
     def __post_init__(self):
+        self.weights, self.biases = list(self.weights), list(self.biases)
         if len(self.weights) != len(self.biases) or not self.weights:
             raise ValueError(f"Params needs one bias per weight matrix and at least one layer; "
                              f"got {len(self.weights)} weights and {len(self.biases)} biases")
+        for i, a in enumerate(self.weights + self.biases):
+            what = f"{'W' if i < len(self.weights) else 'b'}{i % len(self.weights)}"
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"parameter {what} must be a numpy array; got {type(a).__name__}")
+            if a.dtype.kind != "f" or not a.dtype.isnative:
+                raise TypeError(f"parameters must be float32 or float64 in the machine's byte "
+                                f"order; {what} is {a.dtype.str} (convert with "
+                                f"a.astype(np.float32))")
+            if self._check_finite and not np.isfinite(a).all():
+                k = int(np.flatnonzero(~np.isfinite(a.ravel()))[0])
+                raise ValueError(f"parameters must be finite; {what} holds {a.ravel()[k]} at flat "
+                                 f"index {k}")
         dt = as_dtype(self.weights[0].dtype)
         for i, (W, b) in enumerate(zip(self.weights, self.biases)):
             if W.dtype != dt or b.dtype != dt:
@@ -126,14 +164,16 @@ class Params:
         return [a for pair in zip(self.weights, self.biases) for a in pair]
 
     def copy(self) -> "Params":
-        return Params([W.copy() for W in self.weights], [b.copy() for b in self.biases])
+        return Params._trusted([W.copy() for W in self.weights], [b.copy() for b in self.biases])
 
     def zeros_like(self) -> "Params":
-        return Params([np.zeros_like(W) for W in self.weights], [np.zeros_like(b) for b in self.biases])
+        return Params._trusted([np.zeros_like(W) for W in self.weights],
+                               [np.zeros_like(b) for b in self.biases])
 
     def astype(self, dtype) -> "Params":
         dt = as_dtype(dtype)
-        return Params([W.astype(dt) for W in self.weights], [b.astype(dt) for b in self.biases])
+        return Params._trusted([W.astype(dt) for W in self.weights],
+                               [b.astype(dt) for b in self.biases])
 
     def all_finite(self) -> bool:
         return all(np.isfinite(a).all() for a in self.arrays())
@@ -155,27 +195,88 @@ class Params:
 
     @classmethod
     def load(cls, path) -> "Params":
-        """Read a file written by ``save``. Anything else is a ValueError naming the file."""
+        """Read a file written by ``save``. Anything else is a ValueError naming the file.
+
+        Nothing the file says is believed before it is bounded: each array's shape and dtype are
+        read from its .npy header inside the zip and checked against the declared sizes (within
+        check_sizes' limits) before any array is read, so a small file that claims or unpacks
+        to gigabytes is refused at once."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"{path}: no such model file")
+        if path.is_dir():
+            raise ValueError(f"{path}: a directory, not a model file (.npz written by Params.save)")
+        if not path.is_file():          # (a FIFO or a device would block, or never end)
+            raise ValueError(f"{path}: not a regular file; a model is an .npz written by "
+                             f"Params.save")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                if "format" not in z.files or str(z["format"]) != FORMAT:
-                    raise ValueError("no fastmlp format tag")
-                sizes = tuple(int(s) for s in z["sizes"])
-                dtype = str(z["dtype"])
-                L = len(sizes) - 1
-                weights = [z[f"W{i}"] for i in range(L)]
-                biases = [z[f"b{i}"] for i in range(L)]
-            params = cls(weights, biases)
-        except (ValueError, KeyError, OSError, TypeError, zipfile.BadZipFile, EOFError) as exc:
+            with zipfile.ZipFile(path) as zf:
+                weights, biases, sizes, dtype = _read_model(zf)
+        except (ValueError, KeyError, OSError, TypeError, zipfile.BadZipFile, EOFError,
+                zlib.error) as exc:
             raise ValueError(f"{path}: not a fastmlp model file (.npz written by Params.save): "
                              f"{exc}") from None
-        if params.sizes != sizes or params.dtype.name != dtype:
-            raise ValueError(f"{path}: not a consistent fastmlp model file: it declares sizes {sizes} "
-                             f"and dtype {dtype}; the arrays have {params.sizes}, {params.dtype}")
+        try:
+            params = cls(weights, biases)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: not a usable fastmlp model: {exc}") from None
         return params
+
+
+def _npy_header(zf, name):
+    """(shape, dtype) of member ``name``.npy, from its header alone."""
+    with zf.open(name + ".npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"array {name}: unsupported .npy format version {version}")
+    if fortran:
+        raise ValueError(f"array {name}: stored in Fortran order; Params.save writes C order")
+    return tuple(shape), np.dtype(dtype)
+
+
+def _npy_read(zf, name, shape, kinds):
+    """Member ``name``.npy, after its header says it has ``shape`` and a dtype of one of
+    ``kinds`` (numpy dtype kinds)."""
+    got_shape, dt = _npy_header(zf, name)
+    if got_shape != shape or dt.kind not in kinds or dt.hasobject:
+        raise ValueError(f"array {name} must have shape {shape} and a dtype of kind "
+                         f"{'/'.join(kinds)}; the file says {got_shape} {dt.str}")
+    with zf.open(name + ".npy") as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def _read_model(zf):
+    """(weights, biases, sizes, dtype name) from an open .npz, every shape checked first."""
+    names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+    for need in ("format", "sizes", "dtype"):
+        if need not in names:
+            raise ValueError(f"no {need!r} array (no fastmlp format tag)")
+    if str(_npy_read(zf, "format", (), "U")) != FORMAT:
+        raise ValueError("no fastmlp format tag")
+    k = _npy_header(zf, "sizes")[0]
+    if len(k) != 1 or not 2 <= k[0] <= MAX_LAYERS + 1:
+        raise ValueError(f"sizes must list 2 to {MAX_LAYERS + 1} widths; the file says shape {k}")
+    sizes = check_sizes(tuple(_npy_read(zf, "sizes", k, "iu").tolist()))
+    dtype = str(_npy_read(zf, "dtype", (), "U"))
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; the file says {dtype!r}")
+    L = len(sizes) - 1
+    weights, biases = [], []
+    for i in range(L):
+        for name, shape, out in ((f"W{i}", (sizes[i], sizes[i + 1]), weights),
+                                 (f"b{i}", (sizes[i + 1],), biases)):
+            if name not in names:
+                raise ValueError(f"no array {name!r} for the declared sizes {sizes}")
+            got, dt = _npy_header(zf, name)
+            if got != shape or dt != DTYPES[dtype]:
+                raise ValueError(f"array {name} must be {dtype} of shape {shape} (the declared "
+                                 f"sizes {sizes} and dtype); the file says {dt.str} {got}")
+            out.append(_npy_read(zf, name, shape, "f"))
+    return weights, biases, sizes, dtype
 
 
 def init_params(sizes=(784, 72, 36, 10), scheme: str = "he", seed: int = 0,
