@@ -19,6 +19,7 @@ import numpy as np
 
 from .hyper import OPTIMIZERS, RANGES
 from .machine import machine_info
+from .train import MAX_EPOCHS, MAX_ITERATIONS
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -57,6 +58,8 @@ def _in_range(r):
 
 
 positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+iterations_type = _number(int, lambda v: 1 <= v <= MAX_ITERATIONS, f"an integer in 1..{MAX_ITERATIONS}")
+epochs_type = _number(int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer in 1..{MAX_EPOCHS}")
 nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 lr_type = _in_range(RANGES["lr"])
 weight_decay_type = _in_range(RANGES["weight_decay"])
@@ -76,8 +79,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="a recipe; options given explicitly override it (default: fast)")
     p.add_argument("--backend", choices=BACKENDS, help="numba (default) or reference")
     p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--iterations", type=positive_int, help="full-batch steps (instead of --epochs)")
-    p.add_argument("--epochs", type=positive_int, help="mini-batch epochs (instead of --iterations)")
+    p.add_argument("--iterations", type=iterations_type,
+                   help="full-batch steps (instead of --epochs)")
+    p.add_argument("--epochs", type=epochs_type, help="mini-batch epochs (instead of --iterations)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=lr_type, help="(peak) learning rate")
     p.add_argument("--schedule", choices=SCHEDULES)
@@ -98,8 +102,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist")
     p.add_argument("--threads", type=positive_int, help="Numba threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--save", type=Path, metavar="PATH", help="write the trained model (.npz)")
-    p.add_argument("--metrics-json", type=Path, metavar="PATH", help="write the run's metrics")
+    p.add_argument("--save", type=_file_path, metavar="PATH", help="write the trained model (.npz)")
+    p.add_argument("--metrics-json", type=_file_path, metavar="PATH",
+                   help="write the run's metrics")
     p.add_argument("--plot-dir", type=Path, metavar="DIR", help="write figures (PNG) here")
 
 
@@ -136,15 +141,49 @@ def _writable_dir(path: Path, what: str) -> None:
         raise CommandError(f"{what} {path} is not writable")
 
 
+PLOT_FILES = ("digits.png", "curves.png", "confusion.png", "first_layer.png")
+
+
+def _output_file(opt: str, path: Path) -> Path:
+    """Where an output file will be written (through a symbolic link, to the file it points
+    to): a CommandError if that exists and is not a regular file."""
+    real = Path(os.path.realpath(path))
+    if path.is_dir():
+        raise CommandError(f"{opt} must be a file path; got the directory {path}")
+    if os.path.lexists(real) and not real.is_file():
+        raise CommandError(f"{opt}: {path} exists and is not a regular file (a FIFO, a device "
+                           f"or a socket); refusing to replace it")
+    return real
+
+
 def _check_outputs(args) -> None:
-    """Fail before training, not after, when an output cannot be written."""
+    """Fail before training, not after, when an output cannot be written: a target that exists
+    and is not a regular file, a missing or unwritable directory, two outputs on one file."""
+    targets = {}
     for opt, path in (("--save", args.save), ("--metrics-json", args.metrics_json)):
         if path is not None:
-            if path.is_dir():
-                raise CommandError(f"{opt} must be a file path; got the directory {path}")
-            _writable_dir(path.parent if str(path.parent) else Path("."), f"{opt}: directory")
+            targets[opt] = _output_file(opt, path)
+            _writable_dir(targets[opt].parent, f"{opt}: directory")
     if args.plot_dir is not None:
+        if os.path.lexists(args.plot_dir) and not args.plot_dir.is_dir():
+            raise CommandError(f"--plot-dir must be a directory; got {args.plot_dir}, which "
+                               f"exists and is not one")
         _writable_dir(args.plot_dir, "--plot-dir")
+        for name in PLOT_FILES:
+            targets[f"--plot-dir ({name})"] = _output_file("--plot-dir", args.plot_dir / name)
+    seen = {}
+    for opt, real in targets.items():
+        if real in seen:
+            raise CommandError(f"{seen[real]} and {opt} name the same file {real}; give each "
+                               f"output its own path")
+        seen[real] = opt
+
+
+def _file_path(text: str) -> Path:
+    """An output file's path (no trailing slash: that would name a directory)."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"must be a file path; got the directory path {text!r}")
+    return Path(text)
 
 
 def cmd_train(args) -> int:
@@ -220,11 +259,18 @@ def cmd_train(args) -> int:
     if args.plot_dir is not None:
         from . import plots
         pred = backend.predict(result.params, Xtp)
-        plots.digits_grid(args.plot_dir / "digits.png", Xt, yt, pred)
-        plots.curves(args.plot_dir / "curves.png", result.history,
-                     title=f"{cfg.backend}, {cfg.optimizer}, lr {cfg.lr:g}")
-        plots.confusion(args.plot_dir / "confusion.png", confusion_matrix(yt, pred))
-        plots.first_layer(args.plot_dir / "first_layer.png", result.params.weights[0])
+        try:
+            plots.digits_grid(args.plot_dir / "digits.png", Xt, yt, pred)
+            plots.curves(args.plot_dir / "curves.png", result.history,
+                         title=f"{cfg.backend}, {cfg.optimizer}, lr {cfg.lr:g}")
+            plots.confusion(args.plot_dir / "confusion.png", confusion_matrix(yt, pred))
+            plots.first_layer(args.plot_dir / "first_layer.png", result.params.weights[0])
+        except (OSError, ValueError) as exc:
+            written = [str(p) for p in (args.save, args.metrics_json) if p is not None]
+            raise CommandError(f"the figures could not be written to {args.plot_dir}: "
+                               f"{getattr(exc, 'strerror', None) or exc}"
+                               + (f" (written before that: {', '.join(written)})" if written
+                                  else "")) from None
     run = (f"{cfg.iterations} iterations" if cfg.iterations is not None
            else f"{metrics['epochs']} epochs x {result.steps // max(1, metrics['epochs'])} steps")
     print(f"test accuracy {100 * test_acc:.2f}% | train {result.train_seconds:.2f} s "
@@ -271,8 +317,9 @@ def cmd_predict(args) -> int:
     from . import jit
     from .images import image_to_mnist
     params = _load_model(args.model)
-    if params.sizes[0] != 784:
-        raise CommandError(f"{args.model}: the model takes {params.sizes[0]} inputs; images need 784")
+    if params.sizes[0] != 784 or params.sizes[-1] != 10:
+        raise CommandError(f"{args.model}: the model maps {params.sizes[0]} inputs to "
+                           f"{params.sizes[-1]} classes; digit images need 784 -> 10")
     X = np.stack([image_to_mnist(p) for p in args.images])
     Xf = (X.astype(params.dtype) / params.dtype.type(255))
     P = jit.predict_proba(params, Xf)
@@ -347,7 +394,29 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
             "compare": cmd_compare, "bench": cmd_bench}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean-up runs (every
+    output is written to a temporary file that is removed on the way out)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def run(command, args, prog) -> int:
+    import signal
+    import threading
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(command, args, prog)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(command, args, prog) -> int:
     from .data import DataNotFoundError
     try:
         return COMMANDS[command](args)
@@ -363,6 +432,9 @@ def run(command, args, prog) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{prog}: terminated; nothing half-written was left behind", file=sys.stderr)
+        return 143
     return EXIT_FAILURE
 
 

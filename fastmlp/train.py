@@ -25,6 +25,10 @@ from .hyper import OPTIMIZERS, RANGES
 from .params import Params, init_params, SCHEMES, DTYPES
 
 BACKENDS = ("numba", "reference")
+# A run's length is bounded before anything is allocated for it (a learning rate per step):
+MAX_ITERATIONS = 1_000_000     # full-batch steps (on MNIST, hours on either backend)
+MAX_EPOCHS = 100_000
+MAX_STEPS = 10_000_000         # steps in all: their learning rates take 80 MB
 MAX_SHIFT = 2   # augmentation: each image moves by -2..2 pixels in each direction
 SCHEDULES = ("constant", "cosine")
 
@@ -82,10 +86,11 @@ class Config:
         need((self.iterations is None) != (self.epochs is None), "exactly one of iterations and epochs",
              "given", f"iterations={self.iterations}, epochs={self.epochs}")
         if self.iterations is not None:
-            need(_is_int(self.iterations) and self.iterations >= 1, "iterations", "an integer >= 1",
-                 self.iterations)
+            need(_is_int(self.iterations) and 1 <= self.iterations <= MAX_ITERATIONS, "iterations",
+                 f"an integer in 1..{MAX_ITERATIONS}", self.iterations)
         if self.epochs is not None:
-            need(_is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+            need(_is_int(self.epochs) and 1 <= self.epochs <= MAX_EPOCHS, "epochs",
+                 f"an integer in 1..{MAX_EPOCHS}", self.epochs)
         need(_is_int(self.batch_size) and self.batch_size >= 1, "batch size", "an integer >= 1",
              self.batch_size)
         for name, what, note in (("lr", "learning rate", ""), ("momentum", "momentum", ""),
@@ -232,6 +237,10 @@ def fit(cfg: Config, X, y, *, progress: bool = True, on_epoch=None) -> Result:
     if cfg.epochs is not None and cfg.batch_size > len(tr):
         raise ValueError(f"batch size must be between 1 and the number of training rows "
                          f"({len(tr)}); got {cfg.batch_size}")
+    if cfg.epochs is not None and -(-len(tr) // cfg.batch_size) * cfg.epochs > MAX_STEPS:
+        raise ValueError(f"epochs x steps per epoch must be at most {MAX_STEPS}; got "
+                         f"{cfg.epochs} x {-(-len(tr) // cfg.batch_size)} (batch size "
+                         f"{cfg.batch_size}); use fewer epochs or larger batches")
     params = init_params(cfg.sizes, cfg.init, cfg.seed, dtype)
     state = init_state(params, cfg.optimizer)
     hyper = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
