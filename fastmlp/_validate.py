@@ -65,10 +65,16 @@ def check_finite(X, name: str = "X") -> None:
         raise ValueError(f"{name} must be finite; got {X[r, c]} at row {r}, column {c}")
 
 
+MAX_BATCH_SIZE = 2**31 - 1   # rows in one batch: a batch size is a row count, kept within int32
+
+
 def check_perm(perm, n: int, batch_size) -> np.ndarray:
-    """An epoch's row order: integers in 0..n-1 (any order, any count >= 1); a batch size >= 1."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch size must be an integer >= 1; got {batch_size!r}")
+    """An epoch's row order: integers in 0..n-1 (any order, any count >= 1); a batch size in
+    1..MAX_BATCH_SIZE (larger than the epoch: one batch)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch size must be an integer in 1..{MAX_BATCH_SIZE}; got "
+                         f"{batch_size!r}")
     perm = np.asarray(perm)
     if perm.ndim != 1 or perm.size == 0 or perm.dtype.kind not in "iu":
         raise ValueError(f"perm must be a non-empty 1-D array of row numbers; got {perm.dtype} "
@@ -76,6 +82,14 @@ def check_perm(perm, n: int, batch_size) -> np.ndarray:
     if perm.min() < 0 or perm.max() >= n:
         raise ValueError(f"perm must hold row numbers in 0..{n - 1}; got {perm.min()}..{perm.max()}")
     return np.ascontiguousarray(perm, dtype=np.int64)
+
+
+def check_writable(params: Params) -> None:
+    """Parameters that an optimizer step changes in place must be writable."""
+    for i, a in enumerate(params.arrays()):
+        if not a.flags.writeable:
+            raise ValueError(f"params must be writable (an optimizer step changes them in place); "
+                             f"{'W' if i % 2 == 0 else 'b'}{i // 2} is read-only")
 
 
 def check_state(state, params: Params, n_buffers: int) -> None:
@@ -87,8 +101,8 @@ def check_state(state, params: Params, n_buffers: int) -> None:
     for k, buf in enumerate(state):
         ref = arrays[k % len(arrays)]
         if not isinstance(buf, np.ndarray) or buf.shape != ref.shape or buf.dtype != ref.dtype \
-                or not buf.flags.c_contiguous:
-            raise ValueError(f"optimizer state array {k} must be C-contiguous {ref.dtype} "
+                or not buf.flags.c_contiguous or not buf.flags.writeable:
+            raise ValueError(f"optimizer state array {k} must be writable, C-contiguous {ref.dtype} "
                              f"{ref.shape}; got {getattr(buf, 'dtype', type(buf).__name__)} "
                              f"{getattr(buf, 'shape', '')}")
 
@@ -133,9 +147,13 @@ def check_optimizer(params: Params, state, optimizer, lrs, t0, steps=None, **hyp
         raise TypeError(f"unknown optimizer option {unknown[0]!r}; the options are "
                         f"{', '.join(HYPER_DEFAULTS)}")
     hyper = {**HYPER_DEFAULTS, **hyper}
+    check_writable(params)
     if optimizer not in OPTIMIZER_TABLE:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
     check_state(state, params, OPTIMIZER_TABLE[optimizer].buffers)
+    raw = np.asarray(lrs) if not isinstance(lrs, (str, bytes)) else None
+    if raw is None or raw.dtype.kind not in "biuf" or raw.dtype.kind == "b":
+        raise TypeError(f"learning rates must be numbers, one per step; got {lrs!r}")
     try:
         lrs = np.asarray(lrs, dtype=np.float64)
     except (TypeError, ValueError):

@@ -40,8 +40,10 @@ Modules, imported one way (api -> slots/split -> sparse/dense/optim -> csr -> _c
 -> _options):
 
     _options   every Numba option set and tunable constant
+    _types     the named tuples the kernels take (Net, Grads, Opt, Steps, Scratch, Split)
     _codegen   LLVM IR: the vector compress, the register-resident sparse row, 8x8 transposes
     _atomics   task flags for the split epoch
+    _fork      what a forked child may do (GNU OpenMP's threads do not survive fork)
     csr        the CSR type, compression, checks, per-CSR caches
     sparse     the first layer, forward and weight gradient
     dense      the feature-major dense layers, softmax/cross-entropy, transposes, argmax

@@ -11,7 +11,8 @@ from ..params import Params, zeros_aligned
 from .._validate import check_params, check_perm, check_shifts, check_update, check_y
 from ..common import accuracy_of, init_state
 from . import _options
-from .csr import CSR, _all_finite, _as_csr, prepare
+from ._fork import _check_not_forked
+from .csr import CSR, _as_csr, prepare
 from .sparse import _band_cuts, _first_width
 from .slots import _forward_kernel, _gd_loop, _loss_kernel, _sgd_loop
 from .split import _patience, _sgd_loop_split, _split_scratch
@@ -57,6 +58,7 @@ def forward(params: Params, X):
 
     X: dense float (n, 784) in the params' dtype, or a CSR. A0 is returned as given.
     """
+    _check_not_forked()
     check_params(params)
     csr = _as_csr(X, params)
     n = len(csr)
@@ -71,6 +73,7 @@ def loss_and_grads(params: Params, X, y):
     X: dense float (n, 784) in the params' dtype (compressed on the way in), or a CSR from
     ``prepare``/``to_csr`` (the fast path for repeated calls on the same data).
     """
+    _check_not_forked()
     check_params(params)
     csr = _as_csr(X, params)
     n = len(csr)
@@ -88,15 +91,15 @@ _NO_LABELS = np.zeros(0, dtype=np.int64)
 def _bands_for(params: Params, X, csr: CSR) -> np.ndarray:
     """Pixel bands for a CSR the caller made (cached with it); none for dense X, compressed for
     this call only (finding them would cost about what they save in one pass)."""
-    return _band_cuts(params, csr) if X is csr else _NO_BANDS
+    return _band_cuts(params, csr) if isinstance(X, CSR) else _NO_BANDS
 
 
 def _probabilities(params: Params, X, labels: bool):
     """Class probabilities (n, 10); or, if labels, the predicted class per row (and the
     probabilities of only some rows: not for the caller)."""
+    _check_not_forked()
     check_params(params)
-    csr = _as_csr(X, params, find_finite=True)
-    _all_finite(csr)           # for dense X, known from compressing it
+    csr = _as_csr(X, params, need_finite=True)     # (for dense X found while compressing it)
     n = len(csr)
     P = np.empty((n, params.sizes[-1]), params.dtype)
     out = np.empty(n, dtype=np.int64) if labels else _NO_LABELS
@@ -124,6 +127,7 @@ def accuracy(params: Params, X, y) -> float:
 
 def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", **hyper):
     """One optimizer step in place, the same rules as ``reference.update``."""
+    _check_not_forked()
     t = check_update(params, grads, t)
     opt, steps = _opt_args(params, state, optimizer, [lr], t - 1, **hyper)
     _update_all(_net(params), Grads(tuple(grads.weights), tuple(grads.biases)), opt,
@@ -133,6 +137,7 @@ def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", **hyp
 def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
     """len(lrs) full-batch steps in compiled code (the twin of reference.gd_steps).
     X is a CSR (from ``prepare``) or dense float. Returns each step's loss, float64."""
+    _check_not_forked()
     check_params(params)
     csr = _as_csr(X, params)
     n = len(csr)
@@ -150,6 +155,7 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     """One epoch of mini-batch steps in compiled code (the twin of reference.sgd_epoch): the
     rows in the order ``perm``, batches of ``batch_size``; step i uses lrs[i]. ``shifts``
     (len(perm), 2) moves the image perm[k] by shifts[k] = (dy, dx) pixels (augmentation)."""
+    _check_not_forked()
     check_params(params)
     csr = _as_csr(X, params)
     y = check_y(y, len(csr), params.sizes[-1])

@@ -26,6 +26,7 @@ from ..params import Params
 from .._validate import check_X
 from ._options import CHUNK, STRICT
 from ._codegen import _compress_ir, _target_has
+from ._fork import _check_not_forked
 
 
 class _CSRFields(NamedTuple):
@@ -47,7 +48,9 @@ class CSR(_CSRFields):
     n_cols  number of columns (784)
 
     ``to_csr`` and ``prepare`` make them. One made by hand is checked once, when a function
-    first receives it (``_check_csr``: the kernels do no bounds checks). A CSR is not changed
+    first receives it (``_check_csr``: the kernels do no bounds checks). The arrays of a CSR that
+    to_csr makes are read-only views: the kernels read writable twins the caller never sees.
+    A CSR is not changed
     once built (the kernels cache indexes of it: _cached_for_csr). ``len`` is the number of rows.
     uint8 values make the training set 3 bytes per non-zero pixel (27 MB for MNIST's 9 million),
     small enough for the last-level cache, which matters when mini-batches visit rows at random.
@@ -160,7 +163,9 @@ def _fill_csr(X, indptr, indices, values):
 
 def to_csr(X, dtype=None) -> CSR:
     """Compress a batch: uint8 pixels (divided by 255 in ``dtype``, exactly as the reference's
-    ``prepare`` does) or float values (kept as they are). Columns must fit in uint16."""
+    ``prepare`` does) or float values (kept as they are). Columns must fit in uint16. The
+    CSR's arrays are read-only."""
+    _check_not_forked()
     return _compress(X, dtype, False)
 
 
@@ -193,30 +198,52 @@ def _compress(X, dtype, find_finite: bool) -> CSR:
     else:
         lut = np.zeros(0, dtype=X.dtype)
         finite = not bad.any() if find_finite else None    # None: found when first asked
-    csr = CSR(indptr, indices, values, lut, X.shape[1])
-    _remember_checked(csr, finite)
+    kernel = CSR(indptr, indices, values, lut, X.shape[1])
+    csr = CSR(*(_read_only(a) for a in kernel[:4]), X.shape[1])
+    _remember(csr, finite, kernel)
     return csr
 
 
-# CSRs known to be well formed: every one to_csr made, and those _check_csr passed; by the id of
-# their indptr (several CSRs may share one, e.g. through _replace), forgotten with it. Each entry:
-# weak references to the four arrays, n_cols, and whether the values are all finite (known from
-# to_csr; found when first asked for a CSR made by hand: _all_finite).
+def _read_only(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.setflags(write=False)
+    return v
+
+
+# CSRs known to be well formed: every one to_csr made, and those _check_csr passed whose arrays
+# are all read-only; by the id of their indptr (several CSRs may share one, e.g. through
+# _replace), forgotten with it. A CSR whose arrays can still be written is checked at every call
+# instead: a change after a one-time check would reach kernels that do no bounds checks.
 _CHECKED_CSRS: dict = {}
 
 
-def _remember_checked(csr: CSR, finite=None) -> None:
+class _Entry:
+    """What is known of a checked CSR: weak references to its four arrays, n_cols, whether its
+    values are all finite (None: not yet known), and ``kernel``, the CSR the kernels read: the
+    same data in writable arrays (to_csr's own, behind the read-only views it hands out; a copy
+    for a read-only CSR made by hand), so that the kernels compile for one array type."""
+
+    __slots__ = ("refs", "n_cols", "finite", "kernel")
+
+    def __init__(self, csr, finite, kernel, remember=True):
+        self.refs = tuple(weakref.ref(a) for a in csr[:4]) if remember else None
+        self.n_cols, self.finite, self.kernel = csr.n_cols, finite, kernel
+
+
+def _remember(csr: CSR, finite, kernel) -> "_Entry":
     key = id(csr.indptr)
     if key not in _CHECKED_CSRS:
         _CHECKED_CSRS[key] = []
         weakref.finalize(csr.indptr, _CHECKED_CSRS.pop, key, None)
-    _CHECKED_CSRS[key].append([tuple(weakref.ref(a) for a in csr[:4]), csr.n_cols, finite])
+    entry = _Entry(csr, finite, kernel)
+    _CHECKED_CSRS[key].append(entry)
+    return entry
 
 
 def _checked_entry(csr: CSR):
     for hit in _CHECKED_CSRS.get(id(csr.indptr), ()):
-        if type(hit[1]) is type(csr.n_cols) and hit[1] == csr.n_cols \
-                and all(r() is a for r, a in zip(hit[0], csr[:4])):
+        if type(hit.n_cols) is type(csr.n_cols) and hit.n_cols == csr.n_cols \
+                and all(r() is a for r, a in zip(hit.refs, csr[:4])):
             return hit
     return None
 
@@ -239,9 +266,11 @@ def _check_csr(csr: CSR) -> None:
     and write outside the arrays. Checks the types (as the CSR docstring says), the row
     pointers (from 0, never decreasing, to the number of entries), the columns (below n_cols,
     increasing within each row) and the table; ValueError or TypeError saying what is wrong.
-    Once per CSR: a CSR that passed (or that to_csr made) is remembered while it lives."""
-    if _checked_entry(csr) is not None:
-        return
+    Once per CSR whose arrays are all read-only (as to_csr's are): such a CSR is remembered
+    while it lives; one with a writable array is checked at every call. Returns its _Entry."""
+    entry = _checked_entry(csr)
+    if entry is not None:
+        return entry
     indptr, indices, values, lut, n_cols = csr
     for name, a, want in (("indptr", indptr, np.int64), ("indices", indices, np.uint16),
                           ("values", values, None), ("lut", lut, None)):
@@ -290,15 +319,17 @@ def _check_csr(csr: CSR) -> None:
             raise ValueError(f"CSR columns must increase within each row; row "
                              f"{_row_of(indptr, k)} has column "
                              f"{indices[k]} after {indices[k - 1]} (entry {k})")
-    _remember_checked(csr)
+    if any(a.flags.writeable for a in csr[:4]):
+        return _Entry(csr, None, csr, remember=False)
+    return _remember(csr, None, CSR(*(np.array(a) for a in csr[:4]), csr.n_cols))
 
 
-def _all_finite(csr: CSR) -> None:
-    """ValueError if a float CSR holds NaN or inf (checked once per CSR)."""
-    entry = _checked_entry(csr)
-    if entry[2] is None:
-        entry[2] = csr.values.dtype == np.uint8 or bool(np.isfinite(csr.values).all())
-    if not entry[2]:
+def _all_finite(entry: "_Entry") -> None:
+    """ValueError if a float CSR holds NaN or inf (once per remembered CSR)."""
+    csr = entry.kernel
+    if entry.finite is None:
+        entry.finite = csr.values.dtype == np.uint8 or bool(np.isfinite(csr.values).all())
+    if not entry.finite:
         k = int(np.flatnonzero(~np.isfinite(csr.values))[0])
         raise ValueError(f"X must be finite; got {csr.values[k]} at row "
                          f"{_row_of(csr.indptr, k)}, column "
@@ -313,20 +344,24 @@ def prepare(X, dtype) -> CSR:
     return to_csr(X, dtype)
 
 
-def _as_csr(X, params: Params, find_finite: bool = False) -> CSR:
-    """Boundary conversion: a CSR in the params' dtype, or a checked dense float X compressed
-    (see _compress for find_finite)."""
+def _as_csr(X, params: Params, need_finite: bool = False) -> CSR:
+    """Boundary conversion: the CSR the kernels read (see _Entry) for a CSR in the params'
+    dtype, checked, or for a checked dense float X, compressed. With need_finite, a ValueError
+    if X holds NaN or inf (for dense X found while compressing it)."""
     if isinstance(X, CSR):
-        _check_csr(X)
+        entry = _check_csr(X)
         if X.n_cols != params.sizes[0]:
             raise ValueError(f"X must have shape (n, {params.sizes[0]}); got {X.shape}")
         if X.dtype != params.dtype:
             raise TypeError(f"X must have the params' dtype {params.dtype}; got {X.dtype}")
         if len(X) < 1:
             raise ValueError(f"X must have shape (n, {params.sizes[0]}) with n >= 1; got {X.shape}")
-        return X
-    check_X(X, params)
-    return _compress(X, None, find_finite)
+    else:
+        check_X(X, params)
+        entry = _checked_entry(_compress(X, None, need_finite))
+    if need_finite:
+        _all_finite(entry)
+    return entry.kernel
 
 
 # Indexes of a dataset that the kernels reuse: the split step's split pixel and, for every row,
