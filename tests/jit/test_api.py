@@ -175,7 +175,7 @@ def test_training_loops_reject_bad_rows_state_and_batch(backend):
     y = np.zeros(10, np.int64)
     with pytest.raises(ValueError, match=r"perm must hold row numbers in 0..9; got 0..10"):
         backend.sgd_epoch(params, [], X, y, np.arange(11), 5, np.ones(3))
-    with pytest.raises(ValueError, match="batch size must be an integer >= 1; got 0"):
+    with pytest.raises(ValueError, match=r"batch size must be an integer in 1..2147483647; got 0"):
         backend.sgd_epoch(params, [], X, y, np.arange(10), 0, np.ones(1))
     with pytest.raises(ValueError, match=r"lrs must hold one learning rate per step \(2\); got 3"):
         backend.sgd_epoch(params, [], X, y, np.arange(10), 5, np.ones(3))

@@ -120,7 +120,21 @@ def test_hand_made_csr_that_is_well_formed_works(mnist_train):
     again = C._replace(values=C.values.copy())
     assert isinstance(again, J.CSR) and len(again) == 20 and again.indptr is C.indptr
     assert np.array_equal(J.predict_proba(p, again), J.predict_proba(p, C))
-    assert csr._checked_entry(again) is not None and csr._checked_entry(C) is not None  # both known
+    # C's arrays are read-only: known after one check; again's values are writable: checked at
+    # every call (a change after a one-time check would reach kernels without bounds checks)
+    assert not any(a.flags.writeable for a in C[:4])
+    assert csr._checked_entry(C) is not None and csr._checked_entry(again) is None
+    again.values[:] = 255
+    assert not np.array_equal(J.predict_proba(p, again), J.predict_proba(p, C))
+    mutable = C._replace(indices=C.indices.copy())
+    J.predict(p, mutable)
+    mutable.indices[5] = 60000             # after a check: a segfault if it were not checked again
+    with pytest.raises(ValueError, match="CSR indices must be below n_cols"):
+        J.predict(p, mutable)
+    frozen = C._replace(values=C.values.copy())
+    frozen.values.setflags(write=False)
+    assert np.array_equal(J.predict_proba(p, frozen), J.predict_proba(p, C))
+    assert csr._checked_entry(frozen) is not None
     bad = C._replace(indices=np.where(C.indices == C.indices[0], 900, C.indices).astype(np.uint16))
     with pytest.raises(ValueError, match="CSR indices must be below n_cols"):   # shares indptr
         J.predict(p, bad)
@@ -128,9 +142,9 @@ def test_hand_made_csr_that_is_well_formed_works(mnist_train):
         J.CSR._make([C.indptr])
     import gc
     known = len(csr._CHECKED_CSRS)
-    del C, again, bad, mine
+    del C, again, bad, mine, frozen, mutable
     gc.collect()
-    assert len(csr._CHECKED_CSRS) == known - 2      # forgotten with their row pointers
+    assert len(csr._CHECKED_CSRS) == known - 1      # forgotten with their (shared) row pointers
 
 
 @pytest.mark.small
