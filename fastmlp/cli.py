@@ -363,6 +363,27 @@ def cmd_bench(args) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+def cmd_warmup(args) -> int:
+    from .jit.warmup import warmup
+    kinds = [(dt, tuple(args.sizes)) for dt in (args.dtype or ["float32", "float64"])]
+    seconds = warmup(kinds, processes=args.processes, progress=not args.quiet)
+    if not args.quiet:
+        print(f"the kernels are in Numba's cache ({seconds:.0f} s)")
+    return 0
+
+
+def _sizes(text: str) -> tuple:
+    try:
+        sizes = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be layer widths like 784,72,36,10; got {text!r}") from None
+    from .params import check_sizes
+    try:
+        return check_sizes(sizes)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser(prog="fastmlp") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="fastmlp: an MNIST MLP from scratch, NumPy and Numba")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -378,6 +399,15 @@ def build_parser(prog="fastmlp") -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", type=Path)
     c = sub.add_parser("compare", help="reference vs numba, tensor by tensor")
     add_compare_options(c)
+    w = sub.add_parser("warmup", help="compile the numba kernels ahead, on every core (once per "
+                       "machine: Numba caches them)")
+    w.add_argument("--sizes", type=_sizes, default=(784, 72, 36, 10),
+                   help="layer widths (default 784,72,36,10)")
+    w.add_argument("--dtype", choices=("float32", "float64"), action="append",
+                   help="repeatable (default: both)")
+    w.add_argument("--processes", type=positive_int, default=None,
+                   help="child processes at once (default: the number of cores)")
+    w.add_argument("--quiet", action="store_true")
     b = sub.add_parser("bench", help="run the benchmark suites (pytest --benchmark)")
     b.add_argument("pytest_args", nargs=argparse.REMAINDER)
     return p
@@ -391,7 +421,7 @@ def add_compare_options(c):
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "compare": cmd_compare, "bench": cmd_bench}
+            "compare": cmd_compare, "bench": cmd_bench, "warmup": cmd_warmup}
 
 
 class Terminated(BaseException):

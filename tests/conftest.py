@@ -26,3 +26,15 @@ def isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv("FASTMLP_FASHION_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_kernels():
+    """Before the first test: the kernels the tests use, compiled in child processes on every
+    core at once (fastmlp.jit.warmup) instead of one after another in this process as the tests
+    first call them. With the kernels already in Numba's cache this only loads them."""
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        return
+    from fastmlp.jit.warmup import DEFAULT_SIZES, warmup
+    warmup([("float64", DEFAULT_SIZES), ("float32", DEFAULT_SIZES),
+            ("float64", (784, 32, 16, 8, 10), False)], processes=3, progress=False)

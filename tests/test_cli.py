@@ -212,3 +212,13 @@ def test_bench_passes_options_to_pytest():
                          cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "test_predict[reference-float32-1]" in out.stdout and "1/82 tests collected" in out.stdout
+
+
+def test_warmup_command_compiles_in_child_processes(capsys):
+    """`fastmlp warmup` (here the kinds the session's warm-up compiled already: it loads them)."""
+    assert cli.main(["warmup", "--dtype", "float32", "--processes", "1"]) == 0
+    out = capsys.readouterr()
+    assert "compiled float32 784-72-36-10" in out.err and "in Numba's cache" in out.out
+    r = subprocess.run([sys.executable, "-m", "fastmlp", "warmup", "--sizes", "784,0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "argument --sizes" in r.stderr

@@ -1,0 +1,103 @@
+"""Compile the kernels ahead of their first use, in child processes, on every core at once.
+
+    fastmlp warmup                                # the default network, float32 and float64
+    fastmlp warmup --sizes 784,128,10 --dtype float32
+
+Numba compiles a kernel the first time it is called with a new kind of argument (a dtype, a
+depth, a first-layer width: see _codegen.Width) and keeps the machine code in its cache
+(``cache=True``; the directory NUMBA_CACHE_DIR, or __pycache__ beside the sources). Compiling
+is single-threaded and takes tens of seconds per kind, so this runs each kind in a child process
+of its own, as many at once as there are cores: the children fill the cache, and every later
+process loads the kernels from it in well under a second. The calling process never holds
+LLVM's memory. Images, CI and clusters run it once; the test suite runs it first
+(tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+DEFAULT_SIZES = (784, 72, 36, 10)
+
+
+def compile_kinds(dtype: str, sizes: tuple, training: bool = True) -> None:
+    """In this process: call every public function of the backend once on a few rows, so that
+    each kernel they use is compiled (or found in the cache) for this dtype and network shape:
+    forward, loss_and_grads and predict on dense float X and uint8 images; with ``training``
+    also full-batch and mini-batch training (both step kernels, with and without augmentation
+    shifts) and update."""
+    import numpy as np
+    from .. import init_params
+    from . import api, csr, _options
+    from ..common import init_state
+
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(0)
+    n_in = sizes[0]
+    n = _options.SPLIT_MAX_BATCH + 8                     # enough rows for the slot step
+    X8 = (rng.random((n, n_in)) < 0.2).astype(np.uint8) * rng.integers(1, 256, (n, n_in), np.uint8)
+    Xf = X8.astype(dt) / dt.type(255)
+    y = rng.integers(0, sizes[-1], n)
+    p = init_params(sizes, "he", 0, dt)
+    for X in (Xf[:9], csr.prepare(X8[:9], dt)):
+        api.forward(p, X)
+        api.loss_and_grads(p, X, y[:9])
+        api.predict(p, X)
+    if not training:
+        return
+    C = csr.prepare(X8, dt)
+    state = init_state(p, "adam")
+    api.gd_steps(p, state, C, y, [1e-3], optimizer="adam")
+    _, g = api.loss_and_grads(p, C, y)
+    api.update(p, g, state, 1e-3, 1, "adam")
+    shifts = np.zeros((n, 2), np.int8) if n_in == 784 else None
+    for batch in (8, n):                                 # the split step, the slot step
+        for s in (None, shifts) if shifts is not None else (None,):
+            api.sgd_epoch(p, state, C, y, np.arange(n), batch, np.full(-(-n // batch), 1e-3),
+                          optimizer="adam", shifts=s)
+
+
+def warmup(kinds=None, processes: int | None = None, progress: bool = True) -> float:
+    """Compile the kernels for each (dtype, sizes) or (dtype, sizes, training) in ``kinds``
+    (default: the default network in float32 and float64; training True), each kind in a child
+    process, ``processes`` at once (default: the number of cores). Returns the seconds it took.
+    A RuntimeError if a child failed."""
+    kinds = list(kinds) if kinds is not None else [("float32", DEFAULT_SIZES),
+                                                   ("float64", DEFAULT_SIZES)]
+    processes = processes or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    if progress:
+        print(f"compiling the numba kernels for {len(kinds)} kind(s) of network, {processes} at "
+              f"a time; once per machine (Numba caches them)", file=sys.stderr, flush=True)
+    pending = list(kinds)
+    running = []
+    failures = []
+    while pending or running:
+        while pending and len(running) < processes:
+            dtype, sizes, *training = pending.pop(0)
+            cmd = [sys.executable, "-m", "fastmlp.jit.warmup", dtype, ",".join(map(str, sizes)),
+                   "train" if not training or training[0] else "forward"]
+            running.append(((dtype, sizes), subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                                             stderr=subprocess.PIPE, text=True)))
+        time.sleep(0.1)
+        for item in list(running):
+            kind, proc = item
+            if proc.poll() is not None:
+                running.remove(item)
+                err = proc.stderr.read()
+                if proc.returncode != 0:
+                    failures.append(f"{kind}: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
+                elif progress:
+                    print(f"  compiled {kind[0]} {'-'.join(map(str, kind[1]))} "
+                          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    if failures:
+        raise RuntimeError("compiling the kernels failed: " + "; ".join(failures))
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    compile_kinds(sys.argv[1], tuple(int(s) for s in sys.argv[2].split(",")),
+                  training=sys.argv[3:4] != ["forward"])
