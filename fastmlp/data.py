@@ -114,7 +114,9 @@ DOWNLOAD_DEADLINE = 300.0      # seconds for one whole file, however slowly its 
 MAX_DOWNLOAD_BYTES = 64 << 20  # a download (MNIST's largest .gz is 9.9 MB, Fashion's 26 MB)
 MAX_IDX_BYTES = 256 << 20      # an uncompressed IDX file of a name whose size is not known in
                                # advance (MNIST's largest is 47 MB); a known one gets its exact size
-MAX_CSV_BYTES = 1 << 30        # a CSV file (MNIST's training set as CSV is about 110 MB)
+MAX_CSV_BYTES = 256 << 20      # a CSV file (MNIST's training set as CSV is 110 MB; reading it
+                               # takes about 1 GB)
+CSV_CHUNK_ROWS = 2000          # rows read at a time as text, to name a faulty cell
 MAX_CSV_LINE = 64 << 10        # a CSV line: a label and 784 pixels fit in 4 KB, the Kaggle
                                # header in 6 KB
 
@@ -247,24 +249,16 @@ def read_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         first = fh.readline().decode("utf-8-sig", errors="replace")   # (a BOM is not a header)
     first_cell = first.split(",")[0].strip().strip('"')
     has_header = not _is_number(first_cell)
-    try:
-        frame = pd.read_csv(path, header=0 if has_header else None, dtype=str,
-                            keep_default_na=False, skip_blank_lines=True, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: malformed CSV ({msg})") from None
-    if frame.shape[1] != 785:
-        raise ValueError(f"{path}: wrong number of columns: expected 785 (label + 784 pixels); "
-                         f"got {frame.shape[1]}")
-    if frame.shape[0] == 0:
+    header = 0 if has_header else None
+    try:                             # the common case, numbers only: read straight into float64
+        values = pd.read_csv(path, header=header, dtype=np.float64, skip_blank_lines=True,
+                             encoding="utf-8-sig").to_numpy()
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, TypeError):
+        values = None
+    if values is None or values.shape[1] != 785 or not np.isfinite(values).all():
+        _find_bad_cell(path, header)            # raises, naming the cell
+    if values.shape[0] == 0:
         raise ValueError(f"{path}: the CSV file has a header but no rows")
-    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        cell = frame.iat[r, c]
-        raise ValueError(f"{path}: non-numeric or NaN cell at row {r + 1}, column {c + 1}: "
-                         f"expected a number; got {cell!r}")
     if (values != np.round(values)).any():
         r, c = np.argwhere(values != np.round(values))[0]
         raise ValueError(f"{path}: cell at row {r + 1}, column {c + 1} must be a whole number; "
@@ -277,6 +271,32 @@ def read_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                          f"column {c + 2}")
     labels = _check_labels(labels, str(path))
     return pixels.astype(np.uint8), labels
+
+
+def _find_bad_cell(path: Path, header) -> None:
+    """Read the CSV again as text, CSV_CHUNK_ROWS rows at a time (bounded memory), and raise a
+    ValueError naming its first fault: malformed, wrong column count, a non-numeric, empty or
+    NaN cell."""
+    import pandas as pd
+    try:
+        chunks = pd.read_csv(path, header=header, dtype=str, keep_default_na=False,
+                             skip_blank_lines=True, encoding="utf-8-sig", chunksize=CSV_CHUNK_ROWS)
+        row0 = 0
+        for frame in chunks:
+            if frame.shape[1] != 785:
+                raise ValueError(f"{path}: wrong number of columns: expected 785 (label + 784 "
+                                 f"pixels); got {frame.shape[1]}")
+            values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise ValueError(f"{path}: non-numeric or NaN cell at row {row0 + r + 1}, column "
+                                 f"{c + 1}: expected a number; got {frame.iat[r, c]!r}")
+            row0 += len(frame)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: malformed CSV ({msg})") from None
+    raise ValueError(f"{path}: malformed CSV (its cells could not be read as numbers)")
 
 
 def _check_csv_shape(path: Path) -> None:
