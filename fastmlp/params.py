@@ -10,6 +10,8 @@ float64 from ``numpy.random.default_rng(seed)``, and is then cast to the request
 
 from __future__ import annotations
 
+import struct
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -41,6 +43,8 @@ def as_dtype(dtype) -> np.dtype:
 MAX_LAYERS = 64                   # weight layers
 MAX_WIDTH = 1 << 16               # units in one layer
 MAX_PARAMETERS = 100_000_000      # weights and biases in all: 400 MB in float32
+MAX_MODEL_MEMBERS = 3 + 2 * MAX_LAYERS   # arrays in a model file: format, sizes, dtype, W and b
+                                         # per layer (zipfile parses every entry it lists)
 
 
 def check_sizes(sizes) -> tuple[int, ...]:
@@ -210,10 +214,13 @@ class Params:
             raise ValueError(f"{path}: not a regular file; a model is an .npz written by "
                              f"Params.save")
         try:
+            _check_zip_entries(path)
             with zipfile.ZipFile(path) as zf:
                 weights, biases, sizes, dtype = _read_model(zf)
         except (ValueError, KeyError, OSError, TypeError, zipfile.BadZipFile, EOFError,
-                zlib.error) as exc:
+                zlib.error, NotImplementedError, RuntimeError, struct.error, OverflowError) as exc:
+            # (zipfile raises NotImplementedError for an unknown compression method and
+            # RuntimeError for an encrypted member)
             raise ValueError(f"{path}: not a fastmlp model file (.npz written by Params.save): "
                              f"{exc}") from None
         try:
@@ -223,16 +230,34 @@ class Params:
         return params
 
 
+def _check_zip_entries(path: Path) -> None:
+    """A ValueError if the zip's end record lists more than MAX_MODEL_MEMBERS entries, read
+    before zipfile builds an object for every one of them."""
+    with open(path, "rb") as fh:
+        try:
+            end = zipfile._EndRecData(fh)          # (zipfile's own reader of the end record)
+        except (AttributeError, OSError):
+            return
+    if end is None:
+        raise ValueError("not a zip archive")
+    total = end[zipfile._ECD_ENTRIES_TOTAL]
+    if total > MAX_MODEL_MEMBERS:
+        raise ValueError(f"the archive lists {total} entries; a model has at most "
+                         f"{MAX_MODEL_MEMBERS}")
+
+
 def _npy_header(zf, name):
     """(shape, dtype) of member ``name``.npy, from its header alone."""
     with zf.open(name + ".npy") as fh:
         version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
+        if version not in ((1, 0), (2, 0)):
             raise ValueError(f"array {name}: unsupported .npy format version {version}")
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        try:
+            shape, fortran, dtype = read(fh)
+        except (ValueError, SyntaxError, tokenize.TokenError, TypeError) as exc:
+            raise ValueError(f"array {name}: unreadable .npy header ({exc})") from None
     if fortran:
         raise ValueError(f"array {name}: stored in Fortran order; Params.save writes C order")
     return tuple(shape), np.dtype(dtype)

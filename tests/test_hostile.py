@@ -107,6 +107,11 @@ def test_csv_with_a_million_columns_or_a_huge_line_is_refused_before_pandas(tmp_
     long_line.write_text(row + "1," + "9" * 200_000 + "\n")
     with pytest.raises(ValueError, match="longer than 65536 bytes"):
         data.read_csv(long_line)
+    huge = tmp_path / "huge.csv"
+    with open(huge, "wb") as fh:           # sparse: takes no disk
+        fh.truncate(data.MAX_CSV_BYTES + 1)
+    with pytest.raises(ValueError, match=f"huge.csv: the CSV file is {data.MAX_CSV_BYTES + 1} bytes"):
+        data.read_csv(huge)
     short = tmp_path / "short.csv"
     short.write_text(",".join(["1"] * 2000) + "\n")
     with pytest.raises(ValueError, match="expected 785 .*got 2000 in the first line"):
@@ -205,6 +210,14 @@ def test_model_files_that_are_not_usable_are_refused_naming_the_file(tmp_path):
                       ("fifo.npz", "not a regular file")):
         with pytest.raises(ValueError, match=f"{name}: {msg}"):
             Params.load(tmp_path / name)
+
+
+def test_a_model_archive_listing_many_entries_is_refused_before_they_are_parsed(tmp_path):
+    with zipfile.ZipFile(tmp_path / "many.npz", "w") as zf:
+        for i in range(5000):
+            zf.writestr(f"x{i}.npy", b"")
+    with pytest.raises(ValueError, match="many.npz: .*lists 5000 entries; a model has at most 131"):
+        Params.load(tmp_path / "many.npz")
 
 
 def test_params_refuse_non_finite_big_endian_and_non_float_arrays():

@@ -320,8 +320,21 @@ def _check_csr(csr: CSR) -> None:
                              f"{_row_of(indptr, k)} has column "
                              f"{indices[k]} after {indices[k - 1]} (entry {k})")
     if any(a.flags.writeable for a in csr[:4]):
-        return _Entry(csr, None, csr, remember=False)
+        return _Entry(csr, None, CSR(*(_writable(a) for a in csr[:4]), csr.n_cols), remember=False)
     return _remember(csr, None, CSR(*(np.array(a) for a in csr[:4]), csr.n_cols))
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """a, or a writable array with its data: the kernels compile for writable arrays only (a
+    read-only one would compile every kernel again). A read-only view of a writable array (as
+    to_csr hands out) gives that array; any other read-only array, a copy."""
+    if a.flags.writeable:
+        return a
+    base = a.base
+    if isinstance(base, np.ndarray) and base.flags.writeable and base.dtype == a.dtype \
+            and base.shape == a.shape and base.ctypes.data == a.ctypes.data:
+        return base
+    return np.array(a)
 
 
 def _all_finite(entry: "_Entry") -> None:
