@@ -51,6 +51,7 @@ Modules, imported one way (api -> slots/split -> sparse/dense/optim -> csr -> _c
     slots      whole batches in slots: forward, loss_and_grads, the full-batch loop
     split      the mini-batch epoch split by pixels between the two cores
     api        the public functions
+    warmup     compiling ahead, in child processes on every core (``fastmlp warmup``)
 
 How it is fast, and what was measured and dropped: ``docs/performance.md``.
 """
