@@ -91,6 +91,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=("uniform", "he"))
     p.add_argument("--seed", type=nonneg_int, default=None)
     p.add_argument("--dtype", choices=("float32", "float64"))
+    p.add_argument("--hidden", type=_hidden, metavar="W1,W2,...",
+                   help="hidden layer widths (default 72,36): the network is 784-W1-...-10")
     p.add_argument("--val-fraction", type=val_fraction_type,
                    help="part of the training set held out for validation")
     p.add_argument("--no-val", action="store_true", help="no validation split")
@@ -126,6 +128,8 @@ def config_from_args(args):
         raise CommandError("give --iterations (full batch) or --epochs (mini-batch), not both")
     if args.no_val:
         values["val_fraction"] = 0.0
+    if args.hidden is not None:
+        values["sizes"] = (784,) + args.hidden + (10,)
     try:
         return Config(**values).check()
     except ValueError as exc:
@@ -245,6 +249,7 @@ def cmd_train(args) -> int:
         "weight_decay": cfg.weight_decay,
         "schedule": cfg.schedule,
         "sizes": list(cfg.sizes),
+        "hidden": list(cfg.sizes[1:-1]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_info(),
     }
@@ -370,6 +375,22 @@ def cmd_warmup(args) -> int:
     if not args.quiet:
         print(f"the kernels are in Numba's cache ({seconds:.0f} s)")
     return 0
+
+
+def _hidden(text: str) -> tuple:
+    """Hidden layer widths, e.g. "128,64"."""
+    try:
+        widths = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be hidden layer widths like 128,64; got {text!r}") from None
+    from .params import check_sizes, MAX_LAYERS
+    if len(widths) > MAX_LAYERS - 1:
+        raise argparse.ArgumentTypeError(f"at most {MAX_LAYERS - 1} hidden layers; got {len(widths)}")
+    try:
+        check_sizes((784,) + widths + (10,))
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return widths
 
 
 def _sizes(text: str) -> tuple:

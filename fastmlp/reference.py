@@ -285,6 +285,6 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     return losses
 
 
-def warm_up(params, X, y, optimizer, batch_size=None, **hyper):
+def warm_up(params, X, y, optimizer, batch_size=None, progress=False, **hyper):
     """Nothing to prepare: plain NumPy runs at once. (The numba twin compiles its kernels here,
     or loads them from the cache, so that training's clock starts after that.)"""

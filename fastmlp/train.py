@@ -22,7 +22,7 @@ import numpy as np
 from . import reference
 from .common import init_state
 from .hyper import OPTIMIZERS, RANGES
-from .params import Params, init_params, SCHEMES, DTYPES
+from .params import Params, init_params, check_sizes, SCHEMES, DTYPES
 
 BACKENDS = ("numba", "reference")
 # A run's length is bounded before anything is allocated for it (a learning rate per step):
@@ -83,6 +83,10 @@ class Config:
         need(self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}", self.schedule)
         need(self.init in SCHEMES, "init", f"one of {', '.join(SCHEMES)}", self.init)
         need(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}", self.dtype)
+        try:
+            self.sizes = check_sizes(self.sizes)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
         need((self.iterations is None) != (self.epochs is None), "exactly one of iterations and epochs",
              "given", f"iterations={self.iterations}, epochs={self.epochs}")
         if self.iterations is not None:
@@ -252,7 +256,8 @@ def fit(cfg: Config, X, y, *, progress: bool = True, on_epoch=None) -> Result:
     yva = y[va].astype(np.int64)
     # compile the kernels this run uses (or load them from the cache) before the clock starts
     backend.warm_up(params, X, ytr, cfg.optimizer,
-                    None if cfg.iterations is not None else cfg.batch_size, **hyper)
+                    None if cfg.iterations is not None else cfg.batch_size, progress=progress,
+                    **hyper)
     result = Result(params=params, startup_seconds=time.perf_counter() - t0)
     hist = result.history
     for key in ("step", "epoch", "loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"):

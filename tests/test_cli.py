@@ -222,3 +222,31 @@ def test_warmup_command_compiles_in_child_processes(capsys):
     r = subprocess.run([sys.executable, "-m", "fastmlp", "warmup", "--sizes", "784,0"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "argument --sizes" in r.stderr
+
+
+def test_hidden_option_sets_the_network_and_is_in_the_metrics(tmp_path, capsys):
+    m = tmp_path / "m.json"
+    assert cli.train_main(["--backend", "reference", "--preset", "original", "--iterations", "1",
+                           "--hidden", "16,12", "--quiet", "--metrics-json", str(m)]) == 0
+    metrics = json.loads(m.read_text())
+    assert metrics["sizes"] == [784, 16, 12, 10] and metrics["hidden"] == [16, 12]
+    for bad, fragment in (("0", "each in 1..65536"), ("x", "must be hidden layer widths like 128,64"),
+                          ("16,", "must be hidden layer widths")):
+        with pytest.raises(SystemExit) as exc:
+            cli.train_main(["--hidden", bad])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "argument --hidden" in err and fragment in err, err
+
+
+def test_a_long_compile_is_explained_on_stderr(capsys, monkeypatch):
+    import time
+    from fastmlp.jit import api
+    monkeypatch.setattr(api, "COMPILE_NOTICE_S", 0.1)
+    with api._compile_notice(True):
+        time.sleep(0.5)
+    err = capsys.readouterr().err
+    assert "compiling the numba kernels for this kind of network: once per machine" in err
+    assert "compiled in" in err
+    with api._compile_notice(True):            # quick (cached): nothing said
+        pass
+    assert capsys.readouterr().err == ""

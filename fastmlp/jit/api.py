@@ -5,6 +5,11 @@ reference), converts X once to a CSR, and calls one compiled kernel or loop.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
+import time
+
 import numpy as np
 
 from ..params import Params, zeros_aligned
@@ -177,11 +182,52 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     return losses
 
 
-def warm_up(params, X, y, optimizer, batch_size=None, **hyper):
+def warm_up(params, X, y, optimizer, batch_size=None, progress=False, **hyper):
     """Compile (or load from Numba's cache) the kernels a training run uses, on two of its rows:
     the full-batch loop (batch_size None) or the epoch of that batch size, and the forward
     kernel; only these, since compiling costs time and memory. X uint8 or float (n, n_in),
-    y its labels. ``params`` is not changed (a copy is trained)."""
+    y its labels. ``params`` is not changed (a copy is trained). With ``progress``, if this
+    takes more than COMPILE_NOTICE_S seconds (it compiles), one line on stderr says what is
+    happening, with the seconds so far."""
+    with _compile_notice(progress):
+        _warm_up(params, X, y, optimizer, batch_size, **hyper)
+
+
+COMPILE_NOTICE_S = 2.0   # seconds before saying that the kernels are being compiled
+
+
+@contextlib.contextmanager
+def _compile_notice(enabled: bool):
+    if not enabled:
+        yield
+        return
+    done = threading.Event()
+    t0 = time.perf_counter()
+    tty = sys.stderr.isatty()
+
+    def tell():
+        if done.wait(COMPILE_NOTICE_S):
+            return
+        msg = ("compiling the numba kernels for this kind of network: once per machine (Numba "
+               "caches them; `fastmlp warmup` compiles ahead)")
+        print(msg + ("" if tty else " ..."), end="" if tty else "\n", file=sys.stderr, flush=True)
+        while not done.wait(1.0 if tty else 15.0):
+            elapsed = f"{time.perf_counter() - t0:.0f} s"
+            print(f"\r{msg} {elapsed}" if tty else f"  still compiling, {elapsed}",
+                  end="" if tty else "\n", file=sys.stderr, flush=True)
+        print(("\n" if tty else "") + f"  compiled in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=tell, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _warm_up(params, X, y, optimizer, batch_size, **hyper):
     warm = params.copy()
     dt = params.dtype
     if batch_size is None:
