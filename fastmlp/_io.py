@@ -15,6 +15,16 @@ def _umask() -> int:
     return mask
 
 
+def output_target(path) -> Path:
+    """Where a write to ``path`` lands: through a symbolic link, the file it points to. A
+    ValueError if that exists and is not a regular file (nothing is ever renamed over one)."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    if os.path.lexists(path) and not path.is_file():
+        raise ValueError(f"{path} exists and is not a regular file (a directory, a FIFO, a device "
+                         f"or a socket); refusing to replace it")
+    return path
+
+
 def atomic_write(path, write, *, check=None, suffix: str = ".tmp") -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then ``check(tmp_path)`` if
     given (it raises to refuse the file, e.g. on a checksum mismatch), then rename the file into
@@ -26,9 +36,7 @@ def atomic_write(path, write, *, check=None, suffix: str = ".tmp") -> Path:
     temporary file is removed and the target is left as it was; an OSError (a full disk, say)
     names the path. Two writers of one path both end with a complete file there.
     """
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
-    if os.path.lexists(path) and not path.is_file():
-        raise ValueError(f"{path} exists and is not a regular file; refusing to replace it")
+    path = output_target(path)
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=directory)

@@ -151,13 +151,13 @@ PLOT_FILES = ("digits.png", "curves.png", "confusion.png", "first_layer.png")
 def _output_file(opt: str, path: Path) -> Path:
     """Where an output file will be written (through a symbolic link, to the file it points
     to): a CommandError if that exists and is not a regular file."""
-    real = Path(os.path.realpath(path))
+    from ._io import output_target
     if path.is_dir():
         raise CommandError(f"{opt} must be a file path; got the directory {path}")
-    if os.path.lexists(real) and not real.is_file():
-        raise CommandError(f"{opt}: {path} exists and is not a regular file (a FIFO, a device "
-                           f"or a socket); refusing to replace it")
-    return real
+    try:
+        return Path(os.path.realpath(output_target(path)))
+    except ValueError as exc:
+        raise CommandError(f"{opt}: {exc}") from None
 
 
 def _check_outputs(args) -> None:
@@ -377,32 +377,27 @@ def cmd_warmup(args) -> int:
     return 0
 
 
-def _hidden(text: str) -> tuple:
-    """Hidden layer widths, e.g. "128,64"."""
+def _widths(text: str, what: str, example: str, around=((), ())) -> tuple:
+    """Comma-separated layer widths, checked (with the layers ``around`` them) by check_sizes."""
+    from .params import check_sizes
     try:
         widths = tuple(int(s) for s in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be hidden layer widths like 128,64; got {text!r}") from None
-    from .params import check_sizes, MAX_LAYERS
-    if len(widths) > MAX_LAYERS - 1:
-        raise argparse.ArgumentTypeError(f"at most {MAX_LAYERS - 1} hidden layers; got {len(widths)}")
+        raise argparse.ArgumentTypeError(f"must be {what} like {example}; got {text!r}") from None
     try:
-        check_sizes((784,) + widths + (10,))
+        check_sizes(around[0] + widths + around[1])
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return widths
 
 
+def _hidden(text: str) -> tuple:
+    """Hidden layer widths, e.g. "128,64" (of a 784-...-10 network)."""
+    return _widths(text, "hidden layer widths", "128,64", ((784,), (10,)))
+
+
 def _sizes(text: str) -> tuple:
-    try:
-        sizes = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be layer widths like 784,72,36,10; got {text!r}") from None
-    from .params import check_sizes
-    try:
-        return check_sizes(sizes)
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _widths(text, "layer widths", "784,72,36,10")
 
 
 def build_parser(prog="fastmlp") -> argparse.ArgumentParser:

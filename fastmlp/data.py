@@ -244,9 +244,7 @@ def read_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     import pandas as pd
 
     path = Path(path)
-    _check_csv_shape(path)
-    with open(path, "rb") as fh:
-        first = fh.readline().decode("utf-8-sig", errors="replace")   # (a BOM is not a header)
+    first = _check_csv_shape(path)
     first_cell = first.split(",")[0].strip().strip('"')
     has_header = not _is_number(first_cell)
     header = 0 if has_header else None
@@ -299,10 +297,11 @@ def _find_bad_cell(path: Path, header) -> None:
     raise ValueError(f"{path}: malformed CSV (its cells could not be read as numbers)")
 
 
-def _check_csv_shape(path: Path) -> None:
+def _check_csv_shape(path: Path) -> str:
     """Before pandas sees the file: a regular file of at most MAX_CSV_BYTES, whose lines are at
     most MAX_CSV_LINE bytes long and whose first line has 785 cells. (pandas holds a whole line's
-    cells at once: one line of 200 MB took 17 GB, a million columns 39 s.)"""
+    cells at once: one line of 200 MB took 17 GB, a million columns 39 s.) Returns the first
+    line, a byte-order mark removed (it is not a header)."""
     try:
         if not path.is_file():
             raise ValueError(f"{path}: not a regular file")
@@ -335,6 +334,7 @@ def _check_csv_shape(path: Path) -> None:
     if cells != 785:
         raise ValueError(f"{path}: wrong number of columns: expected 785 (label + 784 pixels); "
                          f"got {cells} in the first line")
+    return text
 
 
 def _is_number(text: str) -> bool:
