@@ -13,8 +13,21 @@ from fastmlp.machine import cpu_model, l2_bytes, numba_target
 
 # dense-equivalent floating-point operations per sample (DESIGN.md): what the dense algorithm
 # would do; the sparse kernels do less, so their GFLOP/s is an "effective" rate
-FLOPS_FORWARD = 2 * (784 * 72 + 72 * 36 + 36 * 10)                          # 118,800
-FLOPS_TRAIN = FLOPS_FORWARD + 2 * (784 * 72 + 2 * 72 * 36 + 2 * 36 * 10)    # 243,504
+def flops_forward(sizes=(784, 72, 36, 10)) -> int:
+    """Dense-equivalent FLOP per image of a forward pass: a multiply and an add per weight."""
+    return 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def flops_train(sizes=(784, 72, 36, 10)) -> int:
+    """The same for a training pass: the forward, every weight gradient, and dA of every layer
+    but the input (which is never formed)."""
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    return flops_forward(sizes) + 2 * (pairs[0][0] * pairs[0][1]
+                                       + 2 * sum(a * b for a, b in pairs[1:]))
+
+
+FLOPS_FORWARD = flops_forward()                                               # 118,800
+FLOPS_TRAIN = flops_train()                                                   # 243,504
 
 BACKENDS = {"reference": R, "numba": J}
 

@@ -418,7 +418,8 @@ def build_parser(prog="fastmlp") -> argparse.ArgumentParser:
     w = sub.add_parser("warmup", help="compile the numba kernels ahead, on every core (once per "
                        "machine: Numba caches them)")
     w.add_argument("--sizes", type=_sizes, default=(784, 72, 36, 10),
-                   help="layer widths (default 784,72,36,10)")
+                   help="layer widths (default 784,72,36,10); the kernels serve every network of "
+                   "up to 7 layers, so this matters only for deeper ones")
     w.add_argument("--dtype", choices=("float32", "float64"), action="append",
                    help="repeatable (default: both)")
     w.add_argument("--processes", type=positive_int, default=None,

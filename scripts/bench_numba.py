@@ -33,8 +33,8 @@ from fastmlp import jit as J, reference as R
 ROOT = Path(__file__).resolve().parent.parent
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_support import (FLOPS_FORWARD, FLOPS_TRAIN, environment, header_line,  # noqa: E402
-                           matmul_gflops, settle)
+from bench_support import (FLOPS_FORWARD, FLOPS_TRAIN, environment, flops_train,  # noqa: E402
+                           header_line, matmul_gflops, settle)
 
 
 GROUPS = {         # --only: the rows of each group
@@ -42,11 +42,15 @@ GROUPS = {         # --only: the rows of each group
     "gd": "the full-batch training loop",
     "epoch": "one mini-batch epoch at batch 128",
     "predict": "inference on the test set, compressed and dense X",
+    "widths": "loss_and_grads at first-layer widths 32 to 512 (784-W-36-10)",
     "threads": "loss_and_grads with 1 thread against all",
     "one-core": "the epoch with both sides on one core",
     "blas": "dense BLAS's two big products against numba's whole pass",
     "start": "cold and warm start, peak memory (subprocesses)",
 }
+
+
+WIDTHS = (32, 72, 100, 128, 256, 512)
 
 
 def paired_times(ref_fn, jit_fn, repeats, setup=None):
@@ -191,6 +195,14 @@ def main(argv=None):
         add("inference, 10,000 test images (predict), dense float X",
             paired_times(lambda: R.predict(trained, Xtf), lambda: J.predict(trained, Xtf), k),
             10000, FLOPS_FORWARD, unit="images/s", per=10000)
+
+    if want("widths"):        # every width runs the same register-tiled row loop (_codegen)
+        for width in WIDTHS:
+            sizes = (784, width, 36, 10)
+            pw = fastmlp.init_params(sizes, scheme="uniform", seed=0, dtype=dt)
+            add(f"loss_and_grads, 784-{width}-36-10, data compressed once",
+                paired_times(lambda: R.loss_and_grads(pw, Xf, y),
+                             lambda: J.loss_and_grads(pw, C, y), k), 60000, flops_train(sizes))
 
     # parallelism: the kernels with 1 thread and with all, and the dense-BLAS floor
     n_threads = numba.get_num_threads()

@@ -36,5 +36,4 @@ def _compiled_kernels():
     if os.environ.get("NUMBA_DISABLE_JIT") == "1":
         return
     from fastmlp.jit.warmup import DEFAULT_SIZES, warmup
-    warmup([("float64", DEFAULT_SIZES), ("float32", DEFAULT_SIZES),
-            ("float64", (784, 32, 16, 8, 10), False)], processes=3, progress=False)
+    warmup([("float64", DEFAULT_SIZES), ("float32", DEFAULT_SIZES)], progress=False)

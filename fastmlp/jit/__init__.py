@@ -57,9 +57,8 @@ How it is fast, and what was measured and dropped: ``docs/performance.md``.
 """
 
 from ..common import OPTIMIZERS, confusion_matrix, init_state, one_hot
-from ._options import (BAND_BYTES, BLOCK, CHUNK, CONST_WIDTHS, LOGIT_GAP, MIN_SLOT_ROWS, NSLOTS,  # noqa: F401
+from ._options import (BAND_BYTES, BLOCK, CHUNK, KERNEL_LAYERS, LOGIT_GAP, MIN_SLOT_ROWS, NSLOTS,  # noqa: F401
                        NSLOTS_FWD, PATIENCE, SPLIT_MAX_BATCH)
-from ._codegen import Width  # noqa: F401
 from ._atomics import DONE, FREE, TAKEN  # noqa: F401
 from .csr import CSR, prepare, to_csr
 from .api import (accuracy, forward, gd_steps, loss_and_grads, predict, predict_proba, sgd_epoch,

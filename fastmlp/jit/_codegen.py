@@ -3,15 +3,14 @@ leaves speed on the table, and the compile-time helpers the kernels use to choos
 
 Legend
 ------
-    Width(n)   a layer width the compiler sees as a constant (part of the Numba type)
     H          a row's width in floats (the first hidden layer's, 72 by default)
     idx, val   a sparse row's columns and stored values; lut turns uint8 values into floats
     p0, p1     a row's entries are p0 <= p < p1
 
 What lives here: the vector compress of a CSR row (AVX-512 only, ``_compress_ir``), the sparse
 row loops with their accumulator in vector registers (``_ir_row_loop``), the 8 x 8 register
-transposes (``_ir_tile``), a prefetch, and ``_value``/``_zero_of``/``_width``, which pick code at
-compile time. Each IR function has a plain Python/Numba twin elsewhere (the one that runs without
+transposes (``_ir_tile``), a prefetch, and ``_value``/``_zero_of``, which pick code at compile
+time. Each IR function has a plain Python/Numba twin elsewhere (the one that runs without
 the JIT and on other targets), and produces the same bits as that twin.
 """
 
@@ -20,8 +19,7 @@ from __future__ import annotations
 import numba
 from numba import types
 from numba.core import cgutils
-from numba.extending import (NativeValue, intrinsic, models, overload, register_model, typeof_impl,
-                             unbox)
+from numba.extending import intrinsic, overload
 from llvmlite import ir
 
 from ._options import CHUNK, FAST
@@ -162,140 +160,171 @@ def _value_impl(val, lut, p):
     return lambda val, lut, p: val[p]
 
 
-class Width:
-    """A layer width that the compiler sees as a constant: ``_width(Width(72))`` is 72, and in
-    compiled code it is a literal baked into the machine code, because the width is part of the
-    Numba *type* (``Width(72)``), like a tuple's length. Kernels compile once per such width.
+# The sparse first layer. Each row is one LLVM-IR loop written out below (_ir_row_loop), whose
+# accumulator lives in vector registers for the whole row, at any width; without the JIT the
+# plain Numba loops of sparse.py run instead.
 
-    Why: a loop ``for k in range(H)`` with H known only at run time compiles to a vector loop
-    plus a remainder, run after every few entries of the sparse first layer; with H = 72 =
-    9 x 8 floats as a constant it compiles to nine vector instructions and nothing else, and
-    the first layer runs 15-20% faster. Only the widths in
-    _options.CONST_WIDTHS get their own compiled kernels; any other width is passed as a plain int and
-    runs the same code with a run-time trip count (one compilation serves them all).
-    """
-
-    __slots__ = ("n",)
-
-    def __init__(self, n: int):
-        self.n = int(n)
-
-
-
-class _WidthType(types.Type):
-    def __init__(self, n):
-        self.n = n
-        super().__init__(name=f"Width({n})")
-
-
-@typeof_impl.register(Width)
-def _typeof_width(val, c):
-    return _WidthType(val.n)
-
-
-register_model(_WidthType)(models.OpaqueModel)
-
-
-@unbox(_WidthType)
-def _unbox_width(typ, obj, c):
-    return NativeValue(c.context.get_dummy_value())      # the type carries everything
-
-
-def _width(w):
-    """The width a kernel loops over: Width(n) -> n, a compile-time constant when compiled;
-    an int -> itself. Compiled code uses the overload below; this body runs without the JIT."""
-    return w.n if isinstance(w, Width) else w
-
-
-@overload(_width, jit_options=dict(inline="always"))
-def _width_impl(w):
-    if isinstance(w, _WidthType):
-        n = w.n
-        return lambda w: n
-    return lambda w: w
-
-
-
-# The sparse first layer. For a constant width (Width) each row is one LLVM-IR loop written out
-# below (_ir_row_loop), whose accumulator lives in vector registers for the whole row; any other
-# width runs the plain Numba loops, which are also what runs without the JIT.
+PANEL_VECTORS = 12   # accumulator registers per pass over a row's entries (of 16 ymm on AVX2)
 
 
 def _ir_row_loop(context, builder, sig, args, outer):
-    """LLVM IR for one sparse row at a constant width H = sig.args[-1].n, in vector chunks of 32
-    bytes (8 float32 or 4 float64: a ymm register each, so the accumulator of H = 72 float32 is
-    nine registers). Arguments (z, W, b_or_d, idx, val, lut, p0, p1, width), all arrays
-    C-contiguous.
+    """LLVM IR for one sparse row of a layer of width H (a run-time int, the last argument), in
+    vector chunks of 32 bytes (8 float32 or 4 float64: a ymm register each). Arguments
+    (z, W, b_or_d, idx, val, lut, p0, p1, H), all arrays C-contiguous.
 
     outer=False (forward): acc = b; for p in [p0, p1): acc += x_p * W[idx[p]]; z[:] = acc.
     outer=True (gradient): d = b_or_d; for p in [p0, p1): W[idx[p]] += x_p * d (z unused).
     x_p is lut[val[p]] for integer val, else val[p]. Each multiply-add is llvm.fmuladd (fused
-    where the CPU can), in entry order: here the same bits as the Numba loops, which LLVM
-    compiles to the same chain of fused multiply-adds (checked over a whole training epoch)."""
-    H = sig.args[-1].n
+    where the CPU can), in entry order, so every element's bits depend on nothing but its own
+    chain of entries: not on H, not on how the row is cut into passes.
+
+    The row's ceil(H / lanes) vectors are cut into passes of at most PANEL_VECTORS, as even as
+    possible (72 float32: one pass of 9; 72 float64: two of 9; 256 float32: three of 11, 11 and
+    10); each pass keeps its accumulators in registers while it runs through the entries. The
+    pass width is known only at run time, so the loop is written out once per possible width
+    (1..PANEL_VECTORS vectors, with and without a partial last vector, which masked loads and
+    stores keep inside the row) and a switch picks one: any width runs register-tiled code,
+    from one compilation."""
     arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:6], args[:6])]
     za, Wa, ba, ia, va, la = arrs
     dtype = sig.args[1].dtype
     bits = dtype.bitwidth
     ft = context.get_value_type(dtype)
-    i64 = ir.IntType(64)
+    i64, i32 = ir.IntType(64), ir.IntType(32)
     align = bits // 8
     c = 256 // bits
-    chunks = [(k, min(c, H - k)) for k in range(0, H, c)]
+    R = PANEL_VECTORS
+    V = ir.VectorType(ft, c)
+    M = ir.VectorType(ir.IntType(1), c)
+    p0, p1, H = args[6], args[7], args[8]
 
-    def vptr(ptr, k, n):
-        vt = ir.VectorType(ft, n)
-        return builder.bitcast(builder.gep(ptr, [ir.Constant(i64, k)]), vt.as_pointer())
+    def const(v):
+        return ir.Constant(i64, v)
 
-    def fmuladd(x, y, acc):
-        vt = x.type
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
-                                            f"llvm.fmuladd.v{vt.count}f{bits}")
-        return builder.call(fn, [x, y, acc])
+    def vptr(ptr, k):
+        return builder.bitcast(builder.gep(ptr, [k]), V.as_pointer())
 
-    def splat(v, n):
-        vt = ir.VectorType(ft, n)
-        und = ir.Constant(vt, ir.Undefined)
-        x = builder.insert_element(und, v, ir.Constant(ir.IntType(32), 0))
-        zeros = ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n)
-        return builder.shuffle_vector(x, und, zeros)
+    def intrinsic_fn(name, ret, argtys):
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, argtys), name)
 
-    fixed = [builder.load(vptr(ba.data, k, n), align=align) for k, n in chunks]   # b or d
-    entry = builder.basic_block
-    head = builder.append_basic_block("row.head")
-    body = builder.append_basic_block("row.body")
-    done = builder.append_basic_block("row.done")
-    builder.branch(head)
-    builder.position_at_end(head)
-    p = builder.phi(i64)
-    p.add_incoming(args[6], entry)
-    accs = []
-    if not outer:
-        accs = [builder.phi(ir.VectorType(ft, n)) for _, n in chunks]
-        for a, a0 in zip(accs, fixed):
-            a.add_incoming(a0, entry)
-    builder.cbranch(builder.icmp_signed("<", p, args[7]), body, done)
-    builder.position_at_end(body)
-    j = builder.zext(builder.load(builder.gep(ia.data, [p])), i64)
-    x = builder.load(builder.gep(va.data, [p]))
-    if isinstance(sig.args[4].dtype, types.Integer):
-        x = builder.load(builder.gep(la.data, [builder.zext(x, i64)]))
-    wrow = builder.gep(Wa.data, [builder.mul(j, ir.Constant(i64, H))])
-    new = []
-    for (k, n), f, a in zip(chunks, fixed, accs or fixed):
-        w = builder.load(vptr(wrow, k, n), align=align)
-        if outer:
-            builder.store(fmuladd(splat(x, n), f, w), vptr(wrow, k, n), align=align)
+    vname = f"v{c}f{bits}"
+    fma = intrinsic_fn(f"llvm.fmuladd.{vname}", V, [V, V, V])
+    mload = intrinsic_fn(f"llvm.masked.load.{vname}.p0", V, [V.as_pointer(), i32, M, V])
+    mstore = intrinsic_fn(f"llvm.masked.store.{vname}.p0", ir.VoidType(),
+                          [V, V.as_pointer(), i32, M])
+
+    def load(ptr, k, mask):
+        if mask is None:
+            return builder.load(vptr(ptr, k), align=align)
+        return builder.call(mload, [vptr(ptr, k), ir.Constant(i32, align), mask,
+                                    ir.Constant(V, None)])
+
+    def store(v, ptr, k, mask):
+        if mask is None:
+            builder.store(v, vptr(ptr, k), align=align)
         else:
-            new.append(fmuladd(splat(x, n), w, a))
-    end = builder.basic_block
-    p.add_incoming(builder.add(p, ir.Constant(i64, 1)), end)
-    for a, na in zip(accs, new):
-        a.add_incoming(na, end)
-    builder.branch(head)
-    builder.position_at_end(done)
-    for (k, n), a in zip(chunks, accs):
-        builder.store(a, vptr(za.data, k, n), align=align)
+            builder.call(mstore, [v, vptr(ptr, k), ir.Constant(i32, align), mask])
+
+    def splat(v):
+        und = ir.Constant(V, ir.Undefined)
+        x = builder.insert_element(und, v, ir.Constant(i32, 0))
+        return builder.shuffle_vector(x, und, ir.Constant(ir.VectorType(i32, c), [0] * c))
+
+    # the passes: nvec vectors in npass passes, the first `extra` of them one vector longer
+    # (all of it depends on H alone and is free of branches and of divisions that could trap,
+    # so LLVM hoists it out of the callers' loops over rows: once per block, not once per row)
+    nvec = builder.udiv(builder.add(H, const(c - 1)), const(c))
+    rem = builder.urem(H, const(c))                          # lanes of a partial last vector
+    npass = builder.udiv(builder.add(nvec, const(R - 1)), const(R))
+    npass1 = builder.select(builder.icmp_unsigned(">", npass, const(0)), npass, const(1))
+    base = builder.udiv(nvec, npass1)
+    extra = builder.urem(nvec, npass1)
+    lanes = ir.Constant(ir.VectorType(i64, c), list(range(c)))
+    remv = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(ir.VectorType(i64, c), ir.Undefined), rem,
+                               ir.Constant(i32, 0)),
+        ir.Constant(ir.VectorType(i64, c), ir.Undefined),
+        ir.Constant(ir.VectorType(i32, c), [0] * c))
+    tail_mask = builder.icmp_signed("<", lanes, remv)        # the lanes of the partial vector
+
+    entry = builder.basic_block
+    phead = builder.append_basic_block("pass.head")
+    pbody = builder.append_basic_block("pass.body")
+    pnext = builder.append_basic_block("pass.next")
+    pdone = builder.append_basic_block("pass.done")
+    builder.branch(phead)
+    builder.position_at_end(phead)
+    q = builder.phi(i64)                                      # the pass
+    v0 = builder.phi(i64)                                     # its first vector
+    q.add_incoming(const(0), entry)
+    v0.add_incoming(const(0), entry)
+    builder.cbranch(builder.icmp_signed("<", q, npass), pbody, pdone)
+
+    builder.position_at_end(pbody)
+    nv = builder.add(base, builder.zext(builder.icmp_signed("<", q, extra), i64))
+    last = builder.icmp_signed("==", builder.add(q, const(1)), npass)
+    partial = builder.and_(last, builder.icmp_signed("!=", rem, const(0)))
+    sel = builder.add(builder.mul(builder.sub(nv, const(1)), const(2)), builder.zext(partial, i64))
+    k0 = builder.mul(v0, const(c))                            # the pass's first column
+    cases = []
+    switch = builder.switch(sel, pnext)                       # (default: unreachable)
+    for n in range(1, R + 1):
+        for masked in (False, True):
+            bb = builder.append_basic_block(f"pass.{n}{'m' if masked else ''}")
+            switch.add_case(ir.Constant(i64, 2 * (n - 1) + masked), bb)
+            cases.append((bb, n, masked))
+
+    for bb, n, masked in cases:
+        builder.position_at_end(bb)
+        masks = [None] * (n - 1) + [tail_mask if masked else None]
+        offsets = [const(i * c) for i in range(n)]          # from the pass's first column:
+        bdata = builder.gep(ba.data, [k0])                  # constants, which the loads take
+        zdata = builder.gep(za.data, [k0])                  # as displacements
+        wdata = builder.gep(Wa.data, [k0])
+        fixed = [load(bdata, k, m) for k, m in zip(offsets, masks)]      # b or d
+        before = builder.basic_block
+        head = builder.append_basic_block("row.head")
+        body = builder.append_basic_block("row.body")
+        done = builder.append_basic_block("row.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        p = builder.phi(i64)
+        p.add_incoming(p0, before)
+        accs = []
+        if not outer:
+            accs = [builder.phi(V) for _ in range(n)]
+            for a, a0 in zip(accs, fixed):
+                a.add_incoming(a0, before)
+        builder.cbranch(builder.icmp_signed("<", p, p1), body, done)
+        builder.position_at_end(body)
+        j = builder.zext(builder.load(builder.gep(ia.data, [p])), i64)
+        x = builder.load(builder.gep(va.data, [p]))
+        if isinstance(sig.args[4].dtype, types.Integer):
+            x = builder.load(builder.gep(la.data, [builder.zext(x, i64)]))
+        xs = splat(x)
+        wrow = builder.gep(wdata, [builder.mul(j, H, flags=["nsw", "nuw"])])
+        new = []
+        for i in range(n):
+            w = load(wrow, offsets[i], masks[i])
+            if outer:
+                store(builder.call(fma, [xs, fixed[i], w]), wrow, offsets[i], masks[i])
+            else:
+                new.append(builder.call(fma, [xs, w, accs[i]]))
+        end = builder.basic_block
+        p.add_incoming(builder.add(p, const(1)), end)
+        for a, na in zip(accs, new):
+            a.add_incoming(na, end)
+        builder.branch(head)
+        builder.position_at_end(done)
+        for i, a in enumerate(accs):
+            store(a, zdata, offsets[i], masks[i])
+        builder.branch(pnext)
+
+    builder.position_at_end(pnext)
+    q.add_incoming(builder.add(q, const(1)), pnext)
+    v0.add_incoming(builder.add(v0, nv), pnext)
+    builder.branch(phead)
+    builder.position_at_end(pdone)
     return context.get_dummy_value()
 
 
@@ -303,7 +332,7 @@ def _row_signature(z, W, b, idx, val, lut, p0, p1, width):
     for a in (z, W, b, idx, val, lut):
         if not (isinstance(a, types.Array) and a.layout == "C"):
             raise numba.core.errors.TypingError(f"_row_ir needs C-contiguous arrays; got {a}")
-    return types.void(z, W, b, idx, val, lut, types.int64, types.int64, width)
+    return types.void(z, W, b, idx, val, lut, types.int64, types.int64, types.int64)
 
 
 @intrinsic

@@ -18,16 +18,28 @@ import numpy as np
 from numba.core import types
 from numba.extending import typeof_impl
 
-from ._codegen import Width
+from . import _options
 
 
 class Net(NamedTuple):
-    """The network, as the kernels read and update it."""
+    """The network, as the kernels read and update it. Its depth L is len(offs) - 1, known only
+    at run time: W and b hold KERNEL_LAYERS arrays whatever L is (padded with empty arrays, see
+    padded()), so one compiled set of kernels serves every depth up to KERNEL_LAYERS; a
+    kernel loops over range(L), never over the tuple's length."""
     W: tuple                # weights, one (fan_in, fan_out) array per layer (Params.weights)
     b: tuple                # biases, one (fan_out,) array per layer
     offs: np.ndarray        # int64 (L + 1,): layer l's units are rows offs[l]:offs[l + 1] of a
                             # feature-major block (cumulative layer widths)
-    width: object           # the first layer's width: a Width (a compile-time constant) or an int
+
+
+def padded(arrays, like=None) -> tuple:
+    """arrays as a tuple of max(KERNEL_LAYERS, len(arrays)) arrays: the rest empty arrays of the
+    same dtype and number of dimensions (or like's), which Numba types as the real ones. A
+    tuple's length is part of its Numba type; padded, every depth has the same type."""
+    arrays = tuple(arrays)
+    like = arrays[0] if like is None else like
+    empty = np.zeros((0,) * like.ndim, like.dtype)
+    return arrays + (empty,) * (max(_options.KERNEL_LAYERS, len(arrays)) - len(arrays))
 
 
 class Grads(NamedTuple):
@@ -84,19 +96,16 @@ class Split(NamedTuple):
     zero_b: np.ndarray      # (H,) zeros: the bias of a partial product
 
 
-# Numba types most arguments in compiled code from a fingerprint, but a Net holds a Width, which
-# has none, and then the whole Net is typed by Python code, field by field: about 0.3 ms at
-# every call, which a predict of one image feels. Its type depends only on these facts of its
-# fields, so it is computed once per kind of Net.
+# Numba types a named tuple in Python code, field by field: about 0.1 ms per Net at every
+# call, which a predict of one image feels. Its type depends only on these facts of its fields,
+# so it is computed once per kind of Net.
 _NET_TYPES: dict = {}
 
 
 def _net_key(net):
     def arrays(t):
         return tuple((a.dtype.char, a.ndim, a.flags.num) for a in t)    # flags: layout, writeable...
-    width = net.width
-    return (arrays(net.W), arrays(net.b), arrays((net.offs,)),
-            ("Width", width.n) if isinstance(width, Width) else type(width))
+    return arrays(net.W), arrays(net.b), arrays((net.offs,))
 
 
 @typeof_impl.register(Net)

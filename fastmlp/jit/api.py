@@ -18,10 +18,10 @@ from ..common import accuracy_of, init_state
 from . import _options
 from ._fork import _check_not_forked
 from .csr import CSR, _as_csr, prepare
-from .sparse import _band_cuts, _first_width
+from .sparse import _band_cuts
 from .slots import _forward_kernel, _gd_loop, _loss_kernel, _sgd_loop
 from .split import _patience, _sgd_loop_split, _split_scratch
-from ._types import Grads, Net
+from ._types import Grads, Net, padded
 from .optim import _opt_args, _update_all
 
 
@@ -49,13 +49,17 @@ def _offsets(params: Params) -> np.ndarray:
 
 def _net(params: Params) -> Net:
     """The network as the kernels take it (the arrays themselves: updates change params)."""
-    return Net(tuple(params.weights), tuple(params.biases), _offsets(params), _first_width(params))
+    return Net(padded(params.weights), padded(params.biases), _offsets(params))
+
+
+def _grads(grads: Params) -> Grads:
+    return Grads(padded(grads.weights), padded(grads.biases))
 
 
 def _partials(params: Params, nslots: int) -> Grads:
     """Zeroed per-slot partial gradients, nslots of each parameter array."""
-    return Grads(tuple(zeros_aligned((nslots,) + W.shape, W.dtype) for W in params.weights),
-                 tuple(zeros_aligned((nslots,) + b.shape, b.dtype) for b in params.biases))
+    return Grads(padded(zeros_aligned((nslots,) + W.shape, W.dtype) for W in params.weights),
+                 padded(zeros_aligned((nslots,) + b.shape, b.dtype) for b in params.biases))
 
 
 def forward(params: Params, X):
@@ -68,7 +72,7 @@ def forward(params: Params, X):
     csr = _as_csr(X, params)
     n = len(csr)
     outs = tuple(np.empty((n, m), params.dtype) for m in params.sizes[1:])
-    _forward_kernel(outs, _NO_LABELS, _net(params), csr, _bands_for(params, X, csr), False)
+    _forward_kernel(padded(outs), _NO_LABELS, _net(params), csr, _bands_for(params, X, csr), False)
     return [X] + list(outs)
 
 
@@ -84,7 +88,7 @@ def loss_and_grads(params: Params, X, y):
     n = len(csr)
     y = check_y(y, n, params.sizes[-1])
     grads = params.zeros_like()
-    total = _loss_kernel(Grads(tuple(grads.weights), tuple(grads.biases)),
+    total = _loss_kernel(_grads(grads),
                          _partials(params, _nslots(n)), _net(params), csr, y, _NO_SHIFTS,
                          _bands_for(params, X, csr), params.dtype.type(1.0 / n))
     return total / n, grads
@@ -109,7 +113,7 @@ def _probabilities(params: Params, X, labels: bool):
     P = np.empty((n, params.sizes[-1]), params.dtype)
     out = np.empty(n, dtype=np.int64) if labels else _NO_LABELS
     outs = tuple(np.empty((0, m), params.dtype) for m in params.sizes[1:-1]) + (P,)
-    _forward_kernel(outs, out, _net(params), csr, _bands_for(params, X, csr), True)
+    _forward_kernel(padded(outs), out, _net(params), csr, _bands_for(params, X, csr), True)
     return P, out
 
 
@@ -135,7 +139,7 @@ def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", **hyp
     _check_not_forked()
     t = check_update(params, grads, t)
     opt, steps = _opt_args(params, state, optimizer, [lr], t - 1, **hyper)
-    _update_all(_net(params), Grads(tuple(grads.weights), tuple(grads.biases)), opt,
+    _update_all(_net(params), _grads(grads), opt,
                 steps.lr[0], steps.c1[0], steps.c2[0])
 
 

@@ -114,7 +114,7 @@ def _to_rows(dst, d0, Z, n):
 def _block_forward_dense(Ws, bs, nb, offs, AT):
     """The block's layers after the first, given the first layer's pre-activations (feature-
     major) in AT[offs[0]:offs[1], :nb]: ReLU, then each dense layer (ReLU on all but the last)."""
-    L = len(Ws)
+    L = offs.shape[0] - 1
     if L > 1:
         _relu_rows(AT[offs[0]:offs[1]], nb)
     for l in range(1, L):
@@ -251,7 +251,7 @@ def _block_backward_dense(Ws, nb, offs, AT, dZT, pWs, pbs, s, dZrow):
     """The backward of every layer but the first's weights: layers L-1..1 into slot s of the
     partials, the first layer's bias gradient, and the first layer's dL/dZ for the block
     written row-major into dZrow[:nb] (what the sparse weight gradient reads)."""
-    L = len(Ws)
+    L = offs.shape[0] - 1
     for l in range(L - 1, 0, -1):
         dZ = dZT[offs[l]:offs[l + 1]]
         _add_row_sums(pbs[l][s], dZ, nb)

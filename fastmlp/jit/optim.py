@@ -22,7 +22,7 @@ from ..params import Params
 from .._validate import check_optimizer
 from ..hyper import ADAM, GD, MOMENTUM, NESTEROV, OPTIMIZER_TABLE
 from ._options import STRICT
-from ._types import Opt, Steps
+from ._types import Opt, Steps, padded
 
 
 @njit(inline="always", **STRICT)
@@ -91,7 +91,7 @@ def _update_from_slots(net, part, opt, lr, c1, c2):
     No separate gradient array is written; the next step's slots zero their partials.
     prange over weight rows: each thread owns its rows."""
     code, mWs, mbs, vWs, vbs, mu, b1, ob1, b2, ob2, eps, wd = opt   # (no tuple inside a tuple
-    for l in range(len(net.W)):                                     # into a prange: see _types)
+    for l in range(net.offs.shape[0] - 1):                          # into a prange: see _types)
         W, pW, mW, vW = net.W[l], part.W[l], mWs[l], vWs[l]
         for i in prange(W.shape[0]):
             k = np.int64(i)                  # (see slots._slots_kernel)
@@ -106,7 +106,7 @@ def _update_all(net, grads, opt, lr, c1, c2):
     code = opt.code
     use_m = code == ADAM
     use_v = code != GD
-    for l in range(len(net.W)):
+    for l in range(net.offs.shape[0] - 1):
         w = net.W[l].reshape(-1)
         g = grads.W[l].reshape(-1) + opt.wd * w
         m = opt.mW[l].reshape(-1) if use_m else w
@@ -140,5 +140,7 @@ def _opt_args(params: Params, state, optimizer, lrs, t0, steps=None, **hyper):
     c1s = (1 - np.power(float(beta1), t)).astype(dt)         # (a Python loop cost 1.3 ms per epoch)
     c2s = (1 - np.power(float(beta2), t)).astype(dt)
     hp = np.array([momentum, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay], dtype=dt)
-    opt = Opt(OPTIMIZER_TABLE[optimizer].code, mWs, mbs, vWs, vbs, *hp)
+    like_W, like_b = params.weights[0], params.biases[0]
+    opt = Opt(OPTIMIZER_TABLE[optimizer].code, padded(mWs, like_W), padded(mbs, like_b),
+              padded(vWs, like_W), padded(vbs, like_b), *hp)
     return opt, Steps(lrs.astype(dt), c1s, c2s)

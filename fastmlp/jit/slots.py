@@ -3,7 +3,7 @@ loss_and_grads, and the full-batch and large-mini-batch training loops.
 
 Legend (the named tuples are in _types.py)
 ------
-    net      Net: the weights and biases, the layer offsets, the first layer's width
+    net      Net: the weights and biases and the layer offsets (L = len(net.offs) - 1 layers)
     part     Grads of per-slot partials: part.W[l] is (nslots, fan_in, fan_out)
     scr      Scratch: per-slot block scratch; scr.AT[s] is slot s's activations
     X        the CSR (indptr, indices, values, lut, n_cols)
@@ -44,7 +44,7 @@ def _block_forward(AT, zrow, net, X, rng, idx, val, bands, rows, b0, nb):
     unit that is inactive for the whole block is skipped.
     """
     offs = net.offs
-    _first_layer(zrow, net.W[0], net.b[0], rng, bands, rows, b0, idx, val, X.lut, nb, net.width)
+    _first_layer(zrow, net.W[0], net.b[0], rng, bands, rows, b0, idx, val, X.lut, nb)
     _to_features(AT[offs[0]:offs[1]], zrow, 0, nb)
     _block_forward_dense(net.W, net.b, nb, offs, AT)
 
@@ -61,7 +61,7 @@ def _block_backward(part, dzrow, net, X, rng, idx, val, AT, dZT, s, nb):
     The input layer's dA is never formed.
     """
     _block_backward_dense(net.W, nb, net.offs, AT, dZT, part.W, part.b, s, dzrow)
-    _sparse_outer(part.W[0][s], rng, idx, val, X.lut, nb, dzrow, net.width)
+    _sparse_outer(part.W[0][s], rng, idx, val, X.lut, nb, dzrow)
 
 
 @njit(**STRICT)
@@ -96,7 +96,7 @@ def _slot_grads(part, scr, net, X, y, rows, shifts, bands, inv_n, s, r0, r1):
     zrow, AT, dZT, colmax, colsum = scr.zrow[s], scr.AT[s], scr.dZT[s], scr.col[s, 0], scr.col[s, 1]
     rng, bidx, bval = scr.rng[s], scr.idx[s], scr.val[s]
     offs = net.offs
-    L = len(net.W)
+    L = net.offs.shape[0] - 1
     loss = 0.0 * touched
     for b0 in range(r0, r1, BLOCK):
         nb = min(BLOCK, r1 - b0)
@@ -115,11 +115,12 @@ def _warm_slot(part, net, s):
     """Zero slot s's partials and read every cache line of the weights once, in order.
     Returns a number derived from the reads (0.0 unless a weight is not finite), so that the
     reads are not optimised away."""
-    for l in range(len(part.W)):
+    L = net.offs.shape[0] - 1
+    for l in range(L):
         part.W[l][s][:] = 0
         part.b[l][s][:] = 0
     acc = 0.0
-    for l in range(len(net.W)):
+    for l in range(L):
         w = net.W[l].reshape(-1)
         for q in range(0, w.shape[0], 8):
             acc += w[q] * 0.0
@@ -138,13 +139,13 @@ def _slots_kernel(part, scr, net, X, y, rows, shifts, bands, inv_n):
     nslots = part.W[0].shape[0]
     n = rows.shape[0]
     losses = np.zeros(nslots)
-    W, b, offs, width = net          # (no tuple inside a tuple into a prange body: see _types)
+    W, b, offs = net          # (no tuple inside a tuple into a prange body: see _types)
     pW, pb = part
     for i in prange(nslots):
         s = np.int64(i)      # (a prange index is uint64 in the parallel code and int64 when typed
         r0 = (n * s) // nslots                # as a plain loop: without the cast every callee
         r1 = (n * (s + 1)) // nslots          # is compiled twice, once for each)
-        losses[s] = _slot_grads(Grads(pW, pb), scr, Net(W, b, offs, width), X, y, rows, shifts,
+        losses[s] = _slot_grads(Grads(pW, pb), scr, Net(W, b, offs), X, y, rows, shifts,
                                 bands, inv_n, s, r0, r1)
     total = 0.0
     for s in range(nslots):
@@ -157,7 +158,7 @@ def _sum_slots(grads, part):
     """grads.W[l] = sum over s of part.W[l][s], in slot order (deterministic); the same for the
     biases. Serial: it moves at most a few hundred KB, less than starting a parallel region costs."""
     nslots = part.W[0].shape[0]
-    for l in range(len(grads.W)):
+    for l in range(len(grads.W)):       # (the padding's empty arrays cost nothing)
         gW = grads.W[l]
         pW = part.W[l]
         for k in range(gW.shape[0]):
@@ -200,10 +201,10 @@ def _forward_slots(outs, labels, scr, net, X, bands, proba):
     n = X.indptr.shape[0] - 1
     nslots = scr.AT.shape[0]
     rows = np.arange(n)              # the identity: row numbers for _block_entries
-    W, b, offs, width = net          # (see _slots_kernel)
+    W, b, offs = net          # (see _slots_kernel)
     for i in prange(nslots):
         s = np.int64(i)
-        _forward_range(outs, labels, scr, Net(W, b, offs, width), X, rows, bands, proba, s,
+        _forward_range(outs, labels, scr, Net(W, b, offs), X, rows, bands, proba, s,
                        (n * s) // nslots, (n * (s + 1)) // nslots)
 
 
@@ -211,7 +212,7 @@ def _forward_slots(outs, labels, scr, net, X, bands, proba):
 def _forward_range(outs, labels, scr, net, X, rows, bands, proba, s, r0, r1):
     """_forward_kernel's work on rows r0:r1, with slot s's scratch."""
     offs = net.offs
-    L = len(net.W)
+    L = net.offs.shape[0] - 1
     zrow, AT, colmax, colsum = scr.zrow[s], scr.AT[s], scr.col[s, 0], scr.col[s, 1]
     rng, bidx, bval = scr.rng[s], scr.idx[s], scr.val[s]
     no_shifts = np.zeros((0, 2), dtype=np.int8)

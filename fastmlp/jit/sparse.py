@@ -6,7 +6,7 @@ Legend
     rng      (2, >= nb) int64: row t of a block has entries rng[0, t] <= p < rng[1, t]
     idx, val the entries' columns and values (the CSR's own arrays, or block-local copies of
              shifted images); ``_value(val, lut, p)`` is entry p's input value
-    width    the first layer's width, a ``Width`` (compile-time constant) or an int
+    H        the first layer's width (W.shape[1])
     bands    (B - 1, n) int64: row i's entries of pixel band k (``_band_cuts``); (0, *) for none
     nb       rows in the block (<= BLOCK)
 
@@ -23,23 +23,17 @@ from numba.extending import overload
 from ..params import Params
 from . import _options
 from ._options import AHEAD, FAST, LEAF
-from ._codegen import Width, _WidthType, _prefetch, _row_ir_forward, _row_ir_outer, _value, _width
+from ._codegen import _prefetch, _row_ir_forward, _row_ir_outer, _value
 from .csr import CSR, _cached_for_csr, _pixel_counts, _row_cuts
 
 
-def _first_width(params: Params):
-    h = params.sizes[1]
-    return Width(h) if h in _options.CONST_WIDTHS else int(h)
-
-
-def _sparse_row(z, W, b, idx, val, lut, p0, p1, width):
+def _sparse_row(z, W, b, idx, val, lut, p0, p1, H):
     """z = x @ W + b for one sparse row x: its non-zero inputs are (idx[p], _value(val, lut, p))
-    for p0 <= p < p1. ``width`` is W.shape[1], as ``Width`` (a compile-time trip count) or an int.
+    for p0 <= p < p1; H is W.shape[1].
 
-    This body serves any width; it combines four rows of W per pass over z, which quarters the
-    loads and stores of z and breaks the store-to-load dependency from one entry to the next.
-    For a Width, compiled code runs _ir_row_loop instead (the accumulator in registers)."""
-    H = _width(width)
+    Compiled code runs _codegen._ir_row_loop instead (the accumulator in registers, at any
+    width). This body runs without the JIT (and for arrays the IR does not take); it combines
+    four rows of W per pass over z, which quarters the loads and stores of z."""
     for k in range(H):
         z[k] = b[k]
     p = p0
@@ -61,10 +55,9 @@ def _sparse_row(z, W, b, idx, val, lut, p0, p1, width):
         p += 1
 
 
-def _sparse_row_outer(gW, d, idx, val, lut, p0, p1, width):
+def _sparse_row_outer(gW, d, idx, val, lut, p0, p1, H):
     """gW[idx[p], :] += _value(val, lut, p) * d for p0 <= p < p1: one sparse row's share of the
-    first layer's weight gradient x.T @ d. ``width``: as in _sparse_row (d's size)."""
-    H = _width(width)
+    first layer's weight gradient x.T @ d (H: d's size). Compiled: _ir_row_loop, as above."""
     for p in range(p0, p1):
         g = gW[idx[p]]
         v = _value(val, lut, p)
@@ -72,76 +65,77 @@ def _sparse_row_outer(gW, d, idx, val, lut, p0, p1, width):
             g[k] += v * d[k]
 
 
+def _ir_takes(W, lut, *arrays):
+    """Whether _ir_row_loop serves these arrays: C-contiguous, float weights, input values in
+    their dtype (or uint8 through a lut in it)."""
+    dt = W.dtype
+    return (isinstance(dt, numba.types.Float) and lut.dtype == dt
+            and all(isinstance(a, numba.types.Array) and a.layout == "C"
+                    for a in (W, lut) + arrays))
+
+
 @overload(_sparse_row, jit_options=dict(FAST, inline="always"))
-def _sparse_row_impl(z, W, b, idx, val, lut, p0, p1, width):
-    if isinstance(width, _WidthType):
-        return lambda z, W, b, idx, val, lut, p0, p1, width: _row_ir_forward(
-            z, W, b, idx, val, lut, p0, p1, width)
+def _sparse_row_impl(z, W, b, idx, val, lut, p0, p1, H):
+    if _ir_takes(W, lut, z, b, idx, val) and z.dtype == b.dtype == W.dtype:
+        return lambda z, W, b, idx, val, lut, p0, p1, H: _row_ir_forward(
+            z, W, b, idx, val, lut, p0, p1, H)
     return _sparse_row
 
 
 @overload(_sparse_row_outer, jit_options=dict(FAST, inline="always"))
-def _sparse_row_outer_impl(gW, d, idx, val, lut, p0, p1, width):
-    if isinstance(width, _WidthType):
-        return lambda gW, d, idx, val, lut, p0, p1, width: _row_ir_outer(
-            d, gW, d, idx, val, lut, p0, p1, width)
+def _sparse_row_outer_impl(gW, d, idx, val, lut, p0, p1, H):
+    if _ir_takes(gW, lut, d, idx, val) and d.dtype == gW.dtype:
+        return lambda gW, d, idx, val, lut, p0, p1, H: _row_ir_outer(
+            d, gW, d, idx, val, lut, p0, p1, H)
     return _sparse_row_outer
 
 
 @njit(**LEAF)
-def _sparse_matmul(Z, W, b, rng, idx, val, lut, nrows, width):
+def _sparse_matmul(Z, W, b, rng, idx, val, lut, nrows):
     """Z[t] = x_t @ W + b for the rows t < nrows of a sparse block: row t's non-zero inputs are
     (idx[p], _value(val, lut, p)) for p in rng[0, t]..rng[1, t]-1 (see _block_entries). The
     first layer's forward. One call covers many rows, because a call of a Numba function passes
     every array as seven values."""
     for t in range(nrows):
-        _sparse_row(Z[t], W, b, idx, val, lut, rng[0, t], rng[1, t], width)
+        _sparse_row(Z[t], W, b, idx, val, lut, rng[0, t], rng[1, t], W.shape[1])
 
 
 @njit(**LEAF)
-def _sparse_matmul_bands(Z, W, b, rng, cuts, rows, r0, idx, val, lut, nrows, width):
+def _sparse_matmul_bands(Z, W, b, rng, cuts, rows, r0, idx, val, lut, nrows):
     """_sparse_matmul for the rows t < nrows of a block whose row t is the CSR's row rows[r0 + t],
     band by band (cuts from _band_cuts): first every row's entries in the first pixel band, from the
     bias, then every row's in the next, from the row's partial sum, and so on. One band's weight
     rows are a fraction of W, and they stay closer to the core while the block's rows go by:
-    2.2 instead of 2.9 ns per non-zero pixel on one core. Same bits as _sparse_matmul at a
-    compile-time width: each row's entries are added in the same order, and its partial sum is
+    2.2 instead of 2.9 ns per non-zero pixel on one core. Same bits as _sparse_matmul in
+    compiled code: each row's entries are added in the same order, and its partial sum is
     stored and reloaded exactly between bands."""
     E = cuts.shape[0]
     for t in range(nrows):
         p1 = cuts[0, rows[r0 + t]] if E > 0 else rng[1, t]
-        _sparse_row(Z[t], W, b, idx, val, lut, rng[0, t], p1, width)
+        _sparse_row(Z[t], W, b, idx, val, lut, rng[0, t], p1, W.shape[1])
     for k in range(1, E + 1):
         for t in range(nrows):
             i = rows[r0 + t]
             p1 = cuts[k, i] if k < E else rng[1, t]
-            _sparse_row(Z[t], W, Z[t], idx, val, lut, cuts[k - 1, i], p1, width)
+            _sparse_row(Z[t], W, Z[t], idx, val, lut, cuts[k - 1, i], p1, W.shape[1])
 
 
-def _first_layer(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows, width):
+@njit(**FAST)
+def _first_layer(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows):
     """The block's sparse first layer: in pixel bands if there are any (_band_cuts gives them
-    only for a compile-time width, and compiled code has the band loop only for one: the
-    overload below), else row by row."""
+    only to compiled code), else row by row."""
     if bands.shape[0] > 0:
-        _sparse_matmul_bands(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows, width)
+        _sparse_matmul_bands(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows)
     else:
-        _sparse_matmul(Z, W, b, rng, idx, val, lut, nrows, width)
-
-
-@overload(_first_layer, jit_options=dict(FAST, inline="always"))
-def _first_layer_impl(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows, width):
-    if isinstance(width, _WidthType):
-        return _first_layer
-    return lambda Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows, width: _sparse_matmul(
-        Z, W, b, rng, idx, val, lut, nrows, width)
+        _sparse_matmul(Z, W, b, rng, idx, val, lut, nrows)
 
 
 @njit(**LEAF)
-def _sparse_outer(gW, rng, idx, val, lut, nrows, D, width):
+def _sparse_outer(gW, rng, idx, val, lut, nrows, D):
     """gW += X.T @ D for the rows t < nrows of a sparse block X (as in _sparse_matmul), only
     where X != 0. The first layer's weight gradient."""
     for t in range(nrows):
-        _sparse_row_outer(gW, D[t], idx, val, lut, rng[0, t], rng[1, t], width)
+        _sparse_row_outer(gW, D[t], idx, val, lut, rng[0, t], rng[1, t], gW.shape[1])
 
 
 @njit(**FAST)
@@ -198,13 +192,13 @@ def _band_cuts(params: Params, csr: CSR) -> np.ndarray:
     and the slot step of full batches; see _NO_BANDS): (B - 1, n) int64, row i's entries of band k
     are cuts[k - 1, i]:cuts[k, i] (with indptr[i] and indptr[i + 1] at the ends). B bands of
     pixels whose first-layer weight rows total about BAND_BYTES, cut at equal shares of the
-    entries (counted on the first 2,000 rows): 3 for the default float32 network. Only where
-    the IR row loop runs (a compile-time width, compiled), which adds a row's entries one by one
-    to its sum, so that adding them band by band changes no bit; (0, n) otherwise (the Numba
-    loops add four entries at a time). Cached per CSR."""
+    entries (counted on the first 2,000 rows): 3 for the default float32 network. Only in
+    compiled code, where the IR row loop adds a row's entries one by one to its sum, so that
+    adding them band by band changes no bit; (0, n) without the JIT (the Python loops add four
+    entries at a time). Cached per CSR."""
     n_in, H = params.sizes[0], params.sizes[1]
     B = max(1, round(n_in * H * params.dtype.itemsize / _options.BAND_BYTES))
-    if B == 1 or not isinstance(_first_width(params), Width) or numba.config.DISABLE_JIT:
+    if B == 1 or numba.config.DISABLE_JIT:
         return np.zeros((0, len(csr)), dtype=np.int64)
 
     def make():

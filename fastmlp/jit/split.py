@@ -84,7 +84,7 @@ def _forward_half(sp, net, X, rows, shifts, h):
     n = rows.shape[0]
     idx, val = _block_entries(sp.rng[h], sp.idx[h], sp.val[h], X, starts, ends, rows, shifts, 0,
                               n, j0, j1)
-    _sparse_matmul(sp.zpart[h], net.W[0], sp.zero_b, sp.rng[h], idx, val, X.lut, n, net.width)
+    _sparse_matmul(sp.zpart[h], net.W[0], sp.zero_b, sp.rng[h], idx, val, X.lut, n)
 
 
 @njit(**FAST)
@@ -94,7 +94,7 @@ def _dense_half(part, scr, sp, net, y, rows, inv_n, h):
     into slot h of the partials (layers after the first, and every bias), and the first layer's
     dL/dZ into sp.dz1. Returns the half's summed cross-entropy (float64)."""
     n = rows.shape[0]
-    L = len(net.W)
+    L = net.offs.shape[0] - 1
     for l in range(L):
         if l > 0:
             part.W[l][h][:] = 0
@@ -124,7 +124,7 @@ def _update_half(net, sp, opt, X, shifts, lr, c1, c2, h, n):
     j0, j1 = _halves(h, sp.jsplit, W1.shape[0])
     g[j0:j1] = 0
     idx, val = (sp.idx[h], sp.val[h]) if shifts.shape[0] > 0 else (X.indices, X.values)
-    _sparse_outer(g, sp.rng[h], idx, val, X.lut, n, sp.dz1, net.width)
+    _sparse_outer(g, sp.rng[h], idx, val, X.lut, n, sp.dz1)
     _update_rows(W1, sp.gW1, opt.mW[0], opt.vW[0], opt, lr, c1, c2, j0, j1)
 
 
@@ -132,10 +132,10 @@ def _update_half(net, sp, opt, X, shifts, lr, c1, c2, h, n):
 def _update_small(net, part, opt, lr, c1, c2):
     """Phase 3's third task: the optimizer step of the layers after the first and of every
     bias, from the two slots' partials. Whichever thread is free first runs it."""
-    for l in range(1, len(net.W)):
+    for l in range(1, net.offs.shape[0] - 1):
         _update_rows(net.W[l], part.W[l], opt.mW[l], opt.vW[l], opt, lr, c1, c2, 0,
                      net.W[l].shape[0])
-    for l in range(len(net.W)):
+    for l in range(net.offs.shape[0] - 1):
         _update_bias(net.b[l], part.b[l], opt.mb[l], opt.vb[l], opt, lr, c1, c2)
 
 
@@ -193,11 +193,11 @@ def _split_epoch(halfloss, state, net, part, opt, scr, sp, steps, X, y, perm, sh
     (_update_small), which has no owner: the first thread done with its half takes it.
     prange over the two halves (one per thread)."""
     ntasks = 2 * steps.lr.shape[0] + 1
-    W, b, offs, width = net          # (no tuple inside a tuple into a prange body: see _types)
+    W, b, offs = net          # (no tuple inside a tuple into a prange body: see _types)
     pW, pb = part
     code, mWs, mbs, vWs, vbs, mu, b1, ob1, b2, ob2, eps, wd = opt
     for h in prange(2):
-        net_ = Net(W, b, offs, width)
+        net_ = Net(W, b, offs)
         part_ = Grads(pW, pb)
         opt_ = Opt(code, mWs, mbs, vWs, vbs, mu, b1, ob1, b2, ob2, eps, wd)
         me = np.int64(h)

@@ -1,14 +1,16 @@
 """Compile the kernels ahead of their first use, in child processes, on every core at once.
 
-    fastmlp warmup                                # the default network, float32 and float64
-    fastmlp warmup --sizes 784,128,10 --dtype float32
+    fastmlp warmup                                # float32 and float64
+    fastmlp warmup --dtype float32
 
-Numba compiles a kernel the first time it is called with a new kind of argument (a dtype, a
-depth, a first-layer width: see _codegen.Width) and keeps the machine code in its cache
-(``cache=True``; the directory NUMBA_CACHE_DIR, or __pycache__ beside the sources). Compiling
-is single-threaded and takes tens of seconds per kind, so this runs each kind in a child process
-of its own, as many at once as there are cores: the children fill the cache, and every later
-process loads the kernels from it in well under a second. The calling process never holds
+Numba compiles a kernel the first time it is called with a new kind of argument and keeps the
+machine code in its cache (``cache=True``; the directory NUMBA_CACHE_DIR, or __pycache__ beside
+the sources). Depth and widths are run-time values (_types.padded, _codegen._ir_row_loop), so a
+kind is a dtype: one compiled set serves every network of up to KERNEL_LAYERS layers (a deeper
+one compiles its own: ``--sizes``). Compiling is single-threaded and takes a minute or two per
+kind, so this runs each kind in a child process of its own, as many at once as there are cores:
+the children fill the cache, and every later process loads the kernels from it in about a
+second. The calling process never holds
 LLVM's memory. Images, CI and clusters run it once; the test suite runs it first
 (tests/conftest.py).
 """

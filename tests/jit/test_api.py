@@ -4,11 +4,14 @@ Tests marked ``small`` use small inputs; CI runs them a second time with NUMBA_D
 that the kernel bodies run as plain Python (and coverage sees them).
 """
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from fastmlp import init_params, jit as J, reference as R
+from fastmlp.common import init_state
 from fastmlp.jit import sparse
 
 from support import JIT_DISABLED, compare_all, real_batch
@@ -34,16 +37,69 @@ def test_twins_real_batches(mnist_train, dtype, n, scheme):
 
 
 @pytest.mark.small
-@pytest.mark.parametrize("sizes", [(784, 32, 16, 8, 10), (784, 48, 24, 12, 10), (784, 72, 25, 10)])
-def test_twins_other_architectures(mnist_train, sizes):
-    """Other depths and widths: a first-layer width other than 72 runs the kernels with a
-    run-time width (jit.CONST_WIDTHS); (784, 72, 25, 10) keeps the compile-time width 72 with
-    another, odd, dense width. The deeper networks all have three hidden layers, like the
-    random architectures of test_twins_random_inputs: every depth compiles its own kernels,
-    and the cold test run must stay under five minutes."""
-    X, y = real_batch(mnist_train, 5, np.float64)
-    params = init_params(sizes, "he", 4, np.float64)
+@pytest.mark.parametrize("sizes,dtype", [
+    ((784, 32, 16, 8, 10), np.float64), ((784, 48, 24, 12, 10), np.float64),
+    ((784, 72, 25, 10), np.float64), ((784, 100, 10), np.float32), ((784, 113, 10), np.float32),
+    ((784, 256, 128, 64, 10), np.float32), ((784, 13, 9, 7, 5, 3, 11, 10), np.float64)])
+def test_twins_other_architectures(mnist_train, sizes, dtype):
+    """Other depths and widths, on the kernels compiled for the default network: widths that
+    are not a whole number of vectors (13, 100, 113: a masked last vector in the sparse row
+    loop), widths that take more than one pass over a row's entries (113 and 256 float32, 100
+    float64: more than _codegen.PANEL_VECTORS vectors), 1 to 6 hidden layers."""
+    X, y = real_batch(mnist_train, 5, dtype)
+    params = init_params(sizes, "he", 4, dtype)
     compare_all(params, X, y, f"sizes={sizes}")
+
+
+def _tour(params, X8, y):
+    """Every public kernel of the backend once, as compile_kinds calls them."""
+    dt = params.dtype
+    C = J.prepare(X8, dt)
+    Xf = X8.astype(dt) / 255
+    for X, yX in ((Xf[:9], y[:9]), (C, y)):
+        J.forward(params, X)
+        J.loss_and_grads(params, X, yX)
+        J.predict(params, X)
+    state = init_state(params, "adam")
+    J.gd_steps(params, state, C, y, [1e-3], optimizer="adam")
+    _, g = J.loss_and_grads(params, C, y)
+    J.update(params, g, state, 1e-3, 1, "adam")
+    n = len(y)
+    shifts = np.zeros((n, 2), np.int8) if X8.shape[1] == 784 else None
+    for batch in (8, n):
+        J.sgd_epoch(params, state, C, y, np.arange(n), batch, np.full(-(-n // batch), 1e-3),
+                    optimizer="adam", shifts=shifts)
+
+
+def _compiled_count():
+    """How many compiled versions the backend's kernels hold in this process."""
+    import numba
+    import fastmlp.jit as pkg
+    seen, count = set(), 0
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith(pkg.__name__ + "."):
+            for obj in vars(mod).values():
+                if isinstance(obj, numba.core.dispatcher.Dispatcher) and id(obj) not in seen:
+                    seen.add(id(obj))
+                    count += len(obj.overloads)
+    return count
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="about compiled kernels")
+def test_one_compiled_set_serves_every_architecture(mnist_train):
+    """Depth and widths are run-time values: after the default network's tour, networks of 1 to
+    6 hidden layers of any widths, and any number of inputs and classes, compile nothing."""
+    X, y = mnist_train
+    n = J._options.SPLIT_MAX_BATCH + 8
+    X8, y = X[:n], y[:n]
+    _tour(init_params((784, 72, 36, 10), "he", 0, np.float64), X8, y)
+    before = _compiled_count()
+    assert before >= 10                      # (the public calls above reached the kernels)
+    for sizes in [(784, 128, 10), (784, 256, 128, 64, 10), (784, 5, 10), (784, 200, 7, 12),
+                  (784, 40, 30, 20, 16, 12, 8, 10), (30, 17, 3)]:
+        Xs = X8[:, :sizes[0]]
+        _tour(init_params(sizes, "he", 1, np.float64), Xs, y % sizes[-1])
+        assert _compiled_count() == before, f"{sizes} compiled kernels of its own"
 
 
 @pytest.mark.small
@@ -80,17 +136,16 @@ def test_all_zero_batch_gives_bias_only_gradients():
 
 @pytest.mark.skipif(JIT_DISABLED, reason="many examples: too slow as plain Python")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(1, 40), h1=st.integers(1, 40), h2=st.integers(1, 20), h3=st.integers(1, 12),
+@given(n=st.integers(1, 40), hidden=st.lists(st.integers(1, 80), min_size=1, max_size=6),
        density=st.floats(0, 1), seed=st.integers(0, 2**31 - 1),
        scheme=st.sampled_from(["he", "uniform"]))
-def test_twins_random_inputs(n, h1, h2, h3, density, seed, scheme):
-    """Random widths, three hidden layers (the depth of test_twins_other_architectures' first two
-    cases, so they share compiled kernels: each depth compiles its own)."""
+def test_twins_random_inputs(n, hidden, density, seed, scheme):
+    """Random depths (1 to 6 hidden layers) and widths."""
     rng = np.random.default_rng(seed)
     X = rng.random((n, 50)) * (rng.random((n, 50)) < density)
-    params = init_params((50, h1, h2, h3, 10), scheme, seed % 1000, np.float64)
+    params = init_params((50,) + tuple(hidden) + (10,), scheme, seed % 1000, np.float64)
     compare_all(params, X, rng.integers(0, 10, n),
-                f"random n={n} h=({h1},{h2},{h3}) d={density:.2f}")
+                f"random n={n} hidden={hidden} d={density:.2f}")
 
 
 @pytest.mark.small
