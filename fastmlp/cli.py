@@ -231,6 +231,7 @@ def cmd_train(args) -> int:
         "train_seconds": result.train_seconds,
         "startup_seconds": result.startup_seconds,
         "load_seconds": load_seconds,
+        "peak_rss_mb": _peak_rss_mb(),
         "iterations_per_second": steps_per_s,
         "steps": result.steps,
         "backend": cfg.backend,
@@ -366,6 +367,17 @@ def cmd_bench(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (not that of child processes, such as
+    the ones compiling the numba kernels); None where the platform does not say."""
+    try:
+        import resource
+    except ImportError:              # (Windows)
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (1024 * 1024 if sys.platform == "darwin" else 1024)   # bytes on macOS
 
 
 def cmd_warmup(args) -> int:

@@ -250,14 +250,15 @@ def fit(cfg: Config, X, y, *, progress: bool = True, on_epoch=None) -> Result:
     hyper = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     t0 = time.perf_counter()
-    Xtr = backend.prepare(X[tr] if len(va) else X, dtype)   # no copy without a validation split
     ytr = y[tr].astype(np.int64)
-    Xva = backend.prepare(X[va], dtype) if len(va) else None
-    yva = y[va].astype(np.int64)
-    # compile the kernels this run uses (or load them from the cache) before the clock starts
+    # compile the kernels this run uses (or load them from the cache) before the clock starts,
+    # and before anything else here calls one
     backend.warm_up(params, X, ytr, cfg.optimizer,
                     None if cfg.iterations is not None else cfg.batch_size, progress=progress,
                     **hyper)
+    Xtr = backend.prepare(X[tr] if len(va) else X, dtype)   # no copy without a validation split
+    Xva = backend.prepare(X[va], dtype) if len(va) else None
+    yva = y[va].astype(np.int64)
     result = Result(params=params, startup_seconds=time.perf_counter() - t0)
     hist = result.history
     for key in ("step", "epoch", "loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"):

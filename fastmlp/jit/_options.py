@@ -10,8 +10,8 @@ Option sets (each kernel takes one of them, never options of its own):
 
 Constants read inside compiled code (BLOCK, CHUNK, AHEAD, NSLOTS_FWD, LOGIT_GAP) are frozen into
 the machine code when it is compiled: change them here and clear Numba's cache. Those read by
-the Python wrappers (NSLOTS, MIN_SLOT_ROWS, SPLIT_MAX_BATCH, BAND_BYTES, PATIENCE, KERNEL_LAYERS)
-are looked up at every call, so a test may patch them on this module.
+the Python wrappers (NSLOTS, MIN_SLOT_ROWS, SPLIT_MAX_BATCH, BAND_BYTES, PATIENCE, KERNEL_LAYERS,
+COMPILE_IN_CHILDREN) are looked up at every call, so a test may patch them on this module.
 """
 
 from numba.core.compiler import Compiler
@@ -58,3 +58,4 @@ SPLIT_MAX_BATCH = 512    # mini-batches up to this many rows take the pixel-spli
 BAND_BYTES = 80 * 1024   # first-layer weight rows per pixel band (sparse._band_cuts)
 PATIENCE = 1 << 12       # spins (~0.1 ms, a few tasks) before a thread takes the other's task
 KERNEL_LAYERS = 7        # layers (6 hidden) one compiled set of kernels serves (_types.padded)
+COMPILE_IN_CHILDREN = True   # warm_up compiles what is not cached in child processes (warmup.py)

@@ -9,7 +9,9 @@ import contextlib
 import sys
 import threading
 import time
+import warnings
 
+import numba
 import numpy as np
 
 from ..params import Params, zeros_aligned
@@ -188,13 +190,52 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
 
 def warm_up(params, X, y, optimizer, batch_size=None, progress=False, **hyper):
     """Compile (or load from Numba's cache) the kernels a training run uses, on two of its rows:
-    the full-batch loop (batch_size None) or the epoch of that batch size, and the forward
-    kernel; only these, since compiling costs time and memory. X uint8 or float (n, n_in),
-    y its labels. ``params`` is not changed (a copy is trained). With ``progress``, if this
-    takes more than COMPILE_NOTICE_S seconds (it compiles), one line on stderr says what is
-    happening, with the seconds so far."""
+    the full-batch loop (batch_size None) or the epoch of that batch size, the forward kernel,
+    and the compression of X; only these, since compiling costs time and memory. X uint8 or
+    float (n, n_in), y its labels. ``params`` is not changed (a copy is trained).
+
+    If any of them is not in the cache, they are compiled in child processes, two at once (the
+    training loop in one, the rest in the other: _options.COMPILE_IN_CHILDREN), and then loaded
+    here: the wait is the longer of the two, and this process never holds the compiler's
+    memory. With ``progress``, if this takes more than COMPILE_NOTICE_S seconds, one line on
+    stderr says what is happening, with the seconds so far."""
     with _compile_notice(progress):
+        if _options.COMPILE_IN_CHILDREN and not numba.config.DISABLE_JIT:
+            try:
+                with _refuse_compiling():
+                    _warm_up(params, X, y, optimizer, batch_size, **hyper)
+                return
+            except _WouldCompile:
+                pass
+            from . import warmup
+            try:
+                warmup.compile_run_in_children(params.dtype, np.asarray(X[:0]).dtype,
+                                               params.sizes, batch_size)
+            except (OSError, RuntimeError) as exc:
+                # compiled below instead, where an error of the run's own shows as itself
+                warnings.warn(f"{exc}; compiling in this process", RuntimeWarning)
         _warm_up(params, X, y, optimizer, batch_size, **hyper)
+
+
+class _WouldCompile(Exception):
+    """Raised inside _refuse_compiling where Numba would start compiling."""
+
+
+@contextlib.contextmanager
+def _refuse_compiling():
+    """Numba loads a kernel from its cache or compiles it; in this block, where it would compile
+    (the "numba:compile" event, sent before any compiling starts), _WouldCompile is raised."""
+    from numba.core import event
+
+    class Refuse(event.Listener):
+        def on_start(self, ev):
+            raise _WouldCompile()
+
+        def on_end(self, ev):
+            pass
+
+    with event.install_listener("numba:compile", Refuse()):
+        yield
 
 
 COMPILE_NOTICE_S = 2.0   # seconds before saying that the kernels are being compiled
@@ -232,6 +273,13 @@ def _compile_notice(enabled: bool):
 
 
 def _warm_up(params, X, y, optimizer, batch_size, **hyper):
+    _warm_up_rest(params, X)
+    _warm_up_train(params, X, y, optimizer, batch_size, **hyper)
+
+
+def _warm_up_train(params, X, y, optimizer, batch_size, **hyper):
+    """The training loop a run uses: full-batch (batch_size None) or the epoch of batch_size.
+    (Every optimizer runs the same compiled loop: its rule is a run-time code.)"""
     warm = params.copy()
     dt = params.dtype
     if batch_size is None:
@@ -240,4 +288,8 @@ def _warm_up(params, X, y, optimizer, batch_size, **hyper):
     else:                         # two rows in batches of batch_size: the same step kernel
         sgd_epoch(warm, init_state(warm, optimizer), prepare(X[:2], dt), y[:2], np.arange(2),
                   batch_size, np.zeros(-(-2 // batch_size)), optimizer=optimizer, **hyper)
-    predict_proba(warm, prepare(X[:1], dt))
+
+
+def _warm_up_rest(params, X):
+    """The compression of X and the forward kernel (evaluation, predict)."""
+    predict_proba(params, prepare(X[:1], params.dtype))

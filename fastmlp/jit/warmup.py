@@ -100,6 +100,46 @@ def warmup(kinds=None, processes: int | None = None, progress: bool = True) -> f
     return time.perf_counter() - t0
 
 
+def compile_run(dtype: str, xdtype: str, sizes: tuple, batch_size, part: str) -> None:
+    """In this process: what ``api.warm_up`` loads for a run, on random rows of the same kinds
+    (params dtype, X's dtype, sizes; batch_size None for the full-batch loop): part "train" the
+    training loop, part "rest" the compression of X and the forward kernel."""
+    import numpy as np
+    from .. import init_params
+    from . import api
+
+    dt, xdt = np.dtype(dtype), np.dtype(xdtype)
+    rng = np.random.default_rng(0)
+    X = (rng.random((2, sizes[0])) < 0.2) * rng.integers(1, 256, (2, sizes[0]))
+    X = X.astype(xdt) if xdt.kind == "u" else (X / 255).astype(xdt)
+    y = rng.integers(0, sizes[-1], 2)
+    p = init_params(sizes, "he", 0, dt)
+    if part == "train":
+        api._warm_up_train(p, X, y, "gd", batch_size)
+    else:
+        api._warm_up_rest(p, X)
+
+
+def compile_run_in_children(dtype, xdtype, sizes, batch_size) -> None:
+    """compile_run's two parts in two child processes at once (the caller's Numba cache and
+    target, from the environment); returns when both are done. A RuntimeError if one failed."""
+    batch = "none" if batch_size is None else str(int(batch_size))
+    procs = [subprocess.Popen([sys.executable, "-m", "fastmlp.jit.warmup", "--run", str(dtype),
+                               str(xdtype), ",".join(map(str, sizes)), batch, part],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for part in ("train", "rest")]
+    errors = [(proc.communicate()[1] or "").strip() for proc in procs]
+    failed = [e.splitlines()[-1] if e else f"exit {p.returncode}"
+              for p, e in zip(procs, errors) if p.returncode != 0]
+    if failed:
+        raise RuntimeError("compiling the kernels in a child process failed: " + "; ".join(failed))
+
+
 if __name__ == "__main__":
-    compile_kinds(sys.argv[1], tuple(int(s) for s in sys.argv[2].split(",")),
-                  training=sys.argv[3:4] != ["forward"])
+    if sys.argv[1] == "--run":
+        dtype, xdtype, sizes, batch, part = sys.argv[2:7]
+        compile_run(dtype, xdtype, tuple(int(s) for s in sizes.split(",")),
+                    None if batch == "none" else int(batch), part)
+    else:
+        compile_kinds(sys.argv[1], tuple(int(s) for s in sys.argv[2].split(",")),
+                      training=sys.argv[3:4] != ["forward"])
