@@ -30,7 +30,7 @@ reference                              numba (module: kernels)
 ``predict_proba``, ``predict``         slots: ``_forward_kernel`` (dense: ``_clear_argmax``,
                                        ``_argmax_rows``)
 ``gd_steps``                           slots: ``_gd_loop`` (+ optim ``_update_from_slots``)
-``sgd_epoch``                          split: ``_sgd_loop_split`` (batch <= SPLIT_MAX_BATCH);
+``sgd_epoch``                          split: ``_split_epoch`` (batch <= SPLIT_MAX_BATCH);
                                        slots: ``_sgd_loop`` (larger batches)
 ``shift_images``                       sparse: ``_block_entries`` (shifts while gathering)
 ``warm_up`` (nothing to do)            api: ``warm_up`` (compiles what a run will use)

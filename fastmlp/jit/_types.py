@@ -96,22 +96,32 @@ class Split(NamedTuple):
     zero_b: np.ndarray      # (H,) zeros: the bias of a partial product
 
 
-# Numba types a named tuple in Python code, field by field: about 0.1 ms per Net at every
-# call, which a predict of one image feels. Its type depends only on these facts of its fields,
-# so it is computed once per kind of Net.
-_NET_TYPES: dict = {}
+# Numba types a named tuple in Python code, field by field: 0.1-0.3 ms per tuple at every call,
+# which a predict of one image feels, and which the second thread of the split epoch waits for
+# (its arguments are unboxed while it holds the GIL). A tuple's type depends only on these facts
+# of its fields, so it is computed once per kind of tuple.
+_TYPES: dict = {}
 
 
-def _net_key(net):
-    def arrays(t):
-        return tuple((a.dtype.char, a.ndim, a.flags.num) for a in t)    # flags: layout, writeable...
-    return arrays(net.W), arrays(net.b), arrays((net.offs,))
+def _kind(v):
+    if isinstance(v, np.ndarray):
+        return v.dtype.char, v.ndim, v.flags.num          # flags: layout, writeable, aligned...
+    if isinstance(v, tuple):
+        return type(v), tuple(_kind(x) for x in v)
+    if isinstance(v, np.generic):
+        return v.dtype.char
+    if isinstance(v, int) and not isinstance(v, bool):
+        return int, -2**63 <= v < 2**63                     # (int64, or not)
+    return type(v)
 
 
-@typeof_impl.register(Net)
-def _typeof_net(val, c):
-    key = _net_key(val)
-    ty = _NET_TYPES.get(key)
+def _typeof_cached(val, c):
+    key = _kind(val)
+    ty = _TYPES.get(key)
     if ty is None:
-        ty = _NET_TYPES[key] = types.BaseTuple.from_types([typeof_impl(v, c) for v in val], Net)
+        ty = _TYPES[key] = types.BaseTuple.from_types([typeof_impl(v, c) for v in val], type(val))
     return ty
+
+
+for _cls in (Net, Grads, Opt, Steps, Scratch, Split):
+    typeof_impl.register(_cls)(_typeof_cached)

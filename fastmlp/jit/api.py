@@ -22,7 +22,7 @@ from ._fork import _check_not_forked
 from .csr import CSR, _as_csr, prepare
 from .sparse import _band_cuts
 from .slots import _forward_kernel, _gd_loop, _loss_kernel, _sgd_loop
-from .split import _patience, _sgd_loop_split, _split_scratch
+from .split import _split_epoch, _split_scratch
 from ._types import Grads, Net, padded
 from .optim import _opt_args, _update_all
 
@@ -179,9 +179,9 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
     inv_ns = (1.0 / sizes).astype(params.dtype)
     losses = np.empty(steps)
     if batch_size <= _options.SPLIT_MAX_BATCH:
-        _sgd_loop_split(losses, _net(params), _partials(params, 2), opt,
-                        _split_scratch(params, batch_size, csr), lrs, csr, y, perm, shifts,
-                        inv_ns, batch_size, _patience())
+        _split_epoch(losses, _net(params), _partials(params, 2), opt,
+                     _split_scratch(params, batch_size, csr), lrs, csr, y, perm, shifts, inv_ns,
+                     batch_size)
         return losses
     _sgd_loop(losses, _net(params), _partials(params, _nslots(batch_size)), opt, lrs, csr, y,
               perm, shifts, _NO_BANDS, inv_ns, batch_size)

@@ -10,17 +10,18 @@ Legend
     net, part, opt, steps, scr, X: as in slots.py and optim.py
     state     the task cells of _atomics (FREE, TAKEN, DONE)
 
-``_split_epoch`` pranges over the two halves; from there the threads hand tasks over through
-atomic flags (see the comment above ``_split_task``).
+``_split_epoch`` runs ``_split_worker`` on two Python threads (it releases the GIL); the threads
+hand tasks over through atomic flags (see the comment above ``_patience``).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..params import Params, empty_aligned, zeros_aligned
 from . import _options
@@ -31,7 +32,7 @@ from .sparse import _block_entries, _sparse_matmul, _sparse_outer
 from .dense import _block_backward_dense, _block_forward_dense, _block_softmax_xent, _to_features_sum
 from .optim import _update_bias, _update_rows
 from .slots import _alloc_scratch
-from ._types import Grads, Net, Opt, Split
+from ._types import Split
 
 
 def _split_point(params: Params, csr: CSR) -> int:
@@ -147,22 +148,17 @@ def _update_small(net, part, opt, lr, c1, c2):
 # Each phase is two tasks, one per half (phase 2i + 2 has a third, the small layers' update,
 # _update_small, which has no owner: whichever thread is done first runs it, which evens out
 # the halves' step-to-step imbalance), and a phase starts only when all tasks of the one before
-# are done. One parallel region runs the whole epoch: starting a region per phase costs a fork
-# and join of the thread team and Numba's packing of ~40 array arguments, a few microseconds
-# each time; with flags instead the epoch is 5% faster.
+# are done. Two threads run the whole epoch, started once: starting a parallel region per phase
+# cost a fork and join of the thread team and Numba's packing of ~40 array arguments, a few
+# microseconds each time; with flags instead the epoch is 5% faster.
 #
 # Task t of half k has a state cell: FREE, TAKEN (claimed with an atomic compare-and-swap) or
 # DONE. Each thread claims and runs its own half's task, then waits for the other's to be done;
 # if the other stays FREE for ``patience`` spins (the other thread is late, descheduled, or the
-# threading layer runs the two prange iterations one after the other on one thread), it claims
+# machine gives both threads one core), it claims
 # that task and runs it itself. So no schedule can deadlock, and since a task's arithmetic and
 # outputs do not depend on which thread runs it, the results are the same bits whoever runs
 # what.
-
-def _patience() -> int:
-    """No waiting where the two halves cannot run at once (one thread; no JIT)."""
-    return _options.PATIENCE if numba.get_num_threads() > 1 and not numba.config.DISABLE_JIT else 0
-
 
 @njit(**STRICT)
 def _split_task(halfloss, net, part, opt, scr, sp, steps, X, y, perm, shifts, inv_ns, batch, t, k):
@@ -184,50 +180,54 @@ def _split_task(halfloss, net, part, opt, scr, sp, steps, X, y, perm, shifts, in
             _forward_half(sp, net, X, perm[r1:r2], shifts[r1:r2] if has_shifts else shifts, k)
 
 
-@njit(parallel=True, **STRICT)
-def _split_epoch(halfloss, state, net, part, opt, scr, sp, steps, X, y, perm, shifts, inv_ns, batch,
-                 patience):
-    """Every task of an epoch's split steps, in one parallel region (see above). halfloss
-    (steps, 2) receives each step's summed cross-entropy per half; state (3 * (2S + 1),) int64
-    FREE on entry: cells 3t and 3t + 1 are phase t's two halves, 3t + 2 a phase 3's third task
-    (_update_small), which has no owner: the first thread done with its half takes it.
-    prange over the two halves (one per thread)."""
+@njit(nogil=True, **STRICT)
+def _split_worker(me, halfloss, state, net, part, opt, scr, sp, steps, X, y, perm, shifts, inv_ns,
+                  batch, patience):
+    """One thread's run through every task of an epoch's split steps (see above): first its own
+    half's task of each phase (``me``), then the other's if that one stays FREE for
+    ``patience`` spins. halfloss (steps, 2) receives each step's summed cross-entropy per half;
+    state (3 * (2S + 1),) int64, FREE on entry: cells 3t and 3t + 1 are phase t's two halves,
+    3t + 2 a phase's third task (_update_small), which has no owner. Releases the GIL: two
+    Python threads run it at once (_split_epoch)."""
     ntasks = 2 * steps.lr.shape[0] + 1
-    W, b, offs = net          # (no tuple inside a tuple into a prange body: see _types)
-    pW, pb = part
-    code, mWs, mbs, vWs, vbs, mu, b1, ob1, b2, ob2, eps, wd = opt
-    for h in prange(2):
-        net_ = Net(W, b, offs)
-        part_ = Grads(pW, pb)
-        opt_ = Opt(code, mWs, mbs, vWs, vbs, mu, b1, ob1, b2, ob2, eps, wd)
-        me = np.int64(h)
-        for t in range(ntasks):
-            for j in range(2):
-                k = (me + j) % 2             # first this thread's own half, then the other
-                if _take(state, 3 * t + k, j == 0, patience):
-                    _split_task(halfloss, net_, part_, opt_, scr, sp, steps, X, y, perm, shifts,
-                                inv_ns, batch, t, k)
-                    _atomic_store(state, 3 * t + k, DONE)
-            if t > 0 and t % 2 == 0:
-                if _take(state, 3 * t + 2, True, patience):
-                    i = (t - 1) // 2
-                    _update_small(net_, part_, opt_, steps.lr[i], steps.c1[i], steps.c2[i])
-                    _atomic_store(state, 3 * t + 2, DONE)
-                _wait_done(state, 3 * t + 2)
-            _wait_done(state, 3 * t)
-            _wait_done(state, 3 * t + 1)
+    for t in range(ntasks):
+        for j in range(2):
+            k = (me + j) % 2             # first this thread's own half, then the other
+            if _take(state, 3 * t + k, j == 0, patience):
+                _split_task(halfloss, net, part, opt, scr, sp, steps, X, y, perm, shifts, inv_ns,
+                            batch, t, k)
+                _atomic_store(state, 3 * t + k, DONE)
+        if t > 0 and t % 2 == 0:
+            if _take(state, 3 * t + 2, True, patience):
+                i = (t - 1) // 2
+                _update_small(net, part, opt, steps.lr[i], steps.c1[i], steps.c2[i])
+                _atomic_store(state, 3 * t + 2, DONE)
+            _wait_done(state, 3 * t + 2)
+        _wait_done(state, 3 * t)
+        _wait_done(state, 3 * t + 1)
 
 
-@njit(**FAST)
-def _sgd_loop_split(losses, net, part, opt, sp, steps, X, y, perm, shifts, inv_ns, batch, patience):
-    """The same epoch as slots._sgd_loop with the split step: all its tasks in one parallel
-    region (_split_epoch)."""
+def _split_epoch(losses, net, part, opt, sp, steps, X, y, perm, shifts, inv_ns, batch):
+    """The same epoch as slots._sgd_loop with the split step: _split_worker on two Python
+    threads (this one and one more), each releasing the GIL; on one thread where Numba is
+    limited to one (it then runs every task itself, in the same order of phases: the same bits).
+
+    Not a Numba parallel region: a prange here cost 15 s of compiling (a third of the epoch's),
+    and the threads hand over through the task cells anyway; starting a thread costs ~0.1 ms
+    per epoch."""
     scr = _alloc_scratch(net, X, 2)
     nsteps = steps.lr.shape[0]
     halfloss = np.zeros((nsteps, 2))
     state = np.zeros(3 * (2 * nsteps + 1), dtype=np.int64)
-    _split_epoch(halfloss, state, net, part, opt, scr, sp, steps, X, y, perm, shifts, inv_ns, batch,
-                 patience)
+    args = (halfloss, state, net, part, opt, scr, sp, steps, X, y, perm, shifts, inv_ns, batch)
+    if numba.get_num_threads() > 1 and not numba.config.DISABLE_JIT:
+        patience = _options.PATIENCE
+        other = threading.Thread(target=_split_worker, args=(1, *args, patience), daemon=True)
+        other.start()
+        _split_worker(0, *args, patience)
+        other.join()
+    else:                            # no waiting for a thread that is not there
+        _split_worker(0, *args, 0)
     n = perm.shape[0]
-    for it in range(nsteps):
-        losses[it] = (halfloss[it, 0] + halfloss[it, 1]) / (min(n, (it + 1) * batch) - it * batch)
+    rows = np.minimum(batch, n - batch * np.arange(nsteps))
+    losses[:] = (halfloss[:, 0] + halfloss[:, 1]) / rows
