@@ -5,9 +5,10 @@
     python scripts/bench_numba.py --only epoch --repeats 31    # one ratio, more pairs
 
 Rows: loss_and_grads on all 60,000 training images (float32), the full-batch training loop, one
-mini-batch epoch at batch 128, inference on the 10,000 test images, the thread scaling of the
-kernels, the epoch with both sides on one core, peak memory of full-batch training, and
-cold/warm start. Every time is the median of
+mini-batch epoch at batch 128, inference on the 10,000 test images, loss_and_grads at first-layer
+widths 32 to 512, the thread scaling of the kernels, the epoch with both sides on one core; then
+train_fast.py's first run on an empty Numba cache, a cached run and other networks after it
+(time and the training process's peak memory). Every time is the median of
 --repeats runs measured here, now; the reference and numba are timed in alternation, and a ratio
 is the median of the --repeats pairs' ratios (see paired_times). "fraction" is the
 dense-equivalent GFLOP/s (what the dense algorithm would have to do: 243,504 FLOP per image and
@@ -46,7 +47,7 @@ GROUPS = {         # --only: the rows of each group
     "threads": "loss_and_grads with 1 thread against all",
     "one-core": "the epoch with both sides on one core",
     "blas": "dense BLAS's two big products against numba's whole pass",
-    "start": "cold and warm start, peak memory (subprocesses)",
+    "start": "train_fast.py's first run, a cached run, other networks after it: time, memory",
 }
 
 
@@ -75,49 +76,39 @@ def paired_times(ref_fn, jit_fn, repeats, setup=None):
     return float(np.median(t_ref)), float(np.median(t_jit)), float(np.median(ratios))
 
 
-CHILD = r"""
-import time, json, sys
-t0 = time.perf_counter()
-import numpy as np, fastmlp
-from fastmlp import jit as J
-X, y = fastmlp.load_mnist("train", download=False)
-C = J.prepare(X, np.float32)
-p = fastmlp.init_params(scheme="uniform", seed=0, dtype=np.float32)
-t1 = time.perf_counter()
-J.gd_steps(p, [], C, y, [0.2], optimizer="gd")
-t2 = time.perf_counter()
-print(json.dumps({"to_first_iteration": t2 - t1, "process_total": t2 - t0}))
-"""
+START_RUNS = [       # (what, train_fast.py arguments, a fresh Numba cache first)
+    ("first run of the default (empty cache: compiles)", [], True),
+    ("the default again (kernels cached)", [], False),
+    ("--hidden 128 --epochs 1, after the default", ["--hidden", "128", "--epochs", "1"], False),
+    ("--hidden 256,128,64 --epochs 1, after the default",
+     ["--hidden", "256,128,64", "--epochs", "1"], False),
+    ("first run of --preset original --iterations 20 (empty cache)",
+     ["--preset", "original", "--iterations", "20"], True),
+]
 
 
-def start_times():
-    """Cold (empty Numba cache: compiles) and warm (cached) time to the first iteration."""
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        out = []
-        for _ in range(2):
-            r = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
-                               text=True, check=True)
-            out.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    return out
-
-
-def peak_rss_mb(iterations, cache_dir):
-    """Peak resident memory of `train_fast.py --preset original --backend numba`, with Numba's
-    cache in cache_dir (an empty one: the run compiles the kernels, and LLVM's memory counts)."""
-    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    cmd = [sys.executable, "-c", code, sys.executable, str(ROOT / "scripts" / "train_fast.py"),
-           "--preset", "original", "--backend", "numba", "--iterations", str(iterations), "--quiet"]
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
-    r = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return int(r.stdout.strip().splitlines()[-1]) / 1024
-
-
-def peak_rss_cold_warm(iterations):
-    """Peak RSS of the same run twice on one fresh cache: compiling (cold), then cached (warm)."""
-    with tempfile.TemporaryDirectory() as cache:
-        return peak_rss_mb(iterations, cache), peak_rss_mb(iterations, cache)
+def start_runs():
+    """``train_fast.py`` as a user runs it, each run a process of its own, in START_RUNS order:
+    wall time of the whole process, its start (data loading + compressing + loading or
+    compiling the kernels, from --metrics-json), its own peak RSS (not that of the child
+    processes that compile), and test accuracy."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = Path(tmp) / "m.json"
+        cache = None
+        for what, extra, fresh in START_RUNS:
+            if fresh:
+                cache = tempfile.mkdtemp(dir=tmp)
+            cmd = [sys.executable, str(ROOT / "scripts" / "train_fast.py"), "--quiet",
+                   "--metrics-json", str(metrics), *extra]
+            t = time.perf_counter()
+            subprocess.run(cmd, env=dict(os.environ, NUMBA_CACHE_DIR=cache), check=True,
+                           capture_output=True)
+            m = json.loads(metrics.read_text())
+            rows.append({"run": what, "wall_s": time.perf_counter() - t,
+                         "start_s": m["load_seconds"] + m["startup_seconds"],
+                         "peak_rss_mb": m["peak_rss_mb"], "test_accuracy": m["test_accuracy"]})
+    return rows
 
 
 def main(argv=None):
@@ -125,7 +116,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7,
                     help="timed calls per measurement, and pairs per ratio (default 7)")
     ap.add_argument("--skip-subprocess", action="store_true",
-                    help="skip the peak-memory and cold/warm start measurements")
+                    help="skip the train_fast.py runs (start times and memory)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     ap.add_argument("--only", nargs="+", choices=list(GROUPS), metavar="GROUP",
                     help="run only these groups of rows: " + "; ".join(
@@ -238,15 +229,7 @@ def main(argv=None):
             paired_times(lambda: (Xf @ W1, Xf.T @ dZ), lambda: J.loss_and_grads(p, C, y), k),
             60000, FLOPS_TRAIN)
 
-    extra = {}
-    if not args.skip_subprocess and want("start"):
-        starts = start_times()
-        extra["cold_to_first_iteration_s"] = starts[0]["to_first_iteration"]
-        extra["warm_to_first_iteration_s"] = starts[1]["to_first_iteration"]
-        extra["warm_process_total_s"] = starts[1]["process_total"]
-        cold, warm = peak_rss_cold_warm(20)
-        extra["peak_rss_mb_full_batch_training_cold"] = cold
-        extra["peak_rss_mb_full_batch_training"] = warm
+    starts = start_runs() if not args.skip_subprocess and want("start") else []
 
     print(f"# fastmlp: numba vs reference ({time.strftime('%Y-%m-%d')})")
     print()
@@ -260,22 +243,17 @@ def main(argv=None):
         ratio = f"{r['ratio']:.2f}x"
         print(f"| {r['measurement']} | {1e3 * r['reference_s']:.1f} ms | {1e3 * r['numba_s']:.1f} ms "
               f"| {ratio} | {r['rate']:,.1f} {r['unit']} | {100 * r['fraction_of_matmul']:.1f}% |")
-    if extra:
+    if starts:
         print()
-        print("| start and memory | value |")
-        print("|---|---:|")
-        print(f"| cold start: compile + first full-batch iteration | "
-              f"{extra['cold_to_first_iteration_s']:.2f} s |")
-        print(f"| warm start: load cached kernels + first iteration | "
-              f"{extra['warm_to_first_iteration_s']:.2f} s |")
-        print(f"| warm start: whole process to first iteration (imports, data, compression) | "
-              f"{extra['warm_process_total_s']:.2f} s |")
-        print(f"| peak RSS, train_fast.py --preset original --backend numba (20 iterations), "
-              f"kernels cached | {extra['peak_rss_mb_full_batch_training']:.0f} MB |")
-        print(f"| the same, first run on an empty Numba cache (LLVM compiling the kernels) | "
-              f"{extra['peak_rss_mb_full_batch_training_cold']:.0f} MB |")
+        print("| train_fast.py run | whole process | start (load, compress, kernels) | peak RSS "
+              "of the training process | test accuracy |")
+        print("|---|---:|---:|---:|---:|")
+        for r in starts:
+            print(f"| {r['run']} | {r['wall_s']:.1f} s | {r['start_s']:.2f} s | "
+                  f"{r['peak_rss_mb']:.0f} MB | {100 * r['test_accuracy']:.2f}% |")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, **extra, "matmul_gflops": rate}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "starts": starts, "matmul_gflops": rate},
+                                        indent=2))
     return 0
 
 
