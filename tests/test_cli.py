@@ -34,7 +34,8 @@ def trained(tmp_path_factory):
 def test_train_writes_model_metrics_and_figures(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     for key in ("test_accuracy", "train_seconds", "iterations_per_second", "backend", "optimizer",
-                "epochs", "seed", "startup_seconds", "load_seconds", "date", "machine"):
+                "epochs", "seed", "startup_seconds", "load_seconds", "date", "machine",
+                "peak_rss_mb"):
         assert key in metrics, key
     assert metrics["test_accuracy"] > 0.95 and metrics["backend"] == "numba"
     figs = sorted(p.name for p in (trained / "figs").iterdir())
@@ -250,3 +251,13 @@ def test_a_long_compile_is_explained_on_stderr(capsys, monkeypatch):
     with api._compile_notice(True):            # quick (cached): nothing said
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_peak_rss_is_this_process_own():
+    """peak_rss_mb in the metrics is this process's peak, not that of the process that started
+    it (which getrusage's ru_maxrss reports after fork and exec)."""
+    big = np.ones(512 * 2**20 // 8)                        # this process now holds > 512 MB
+    code = "import fastmlp.cli as c; print(c._peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout)
+    assert 10 < child < 300 < cli._peak_rss_mb() and big[-1] == 1

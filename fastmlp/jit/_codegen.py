@@ -164,7 +164,7 @@ def _value_impl(val, lut, p):
 # accumulator lives in vector registers for the whole row, at any width; without the JIT the
 # plain Numba loops of sparse.py run instead.
 
-PANEL_VECTORS = 12   # accumulator registers per pass over a row's entries (of 16 ymm on AVX2)
+PANEL_VECTORS = 14   # accumulator registers per pass over a row's entries (of 16 ymm on AVX2)
 
 
 def _ir_row_loop(context, builder, sig, args, outer):
@@ -183,8 +183,11 @@ def _ir_row_loop(context, builder, sig, args, outer):
     10); each pass keeps its accumulators in registers while it runs through the entries. The
     pass width is known only at run time, so the loop is written out once per possible width
     (1..PANEL_VECTORS vectors, with and without a partial last vector, which masked loads and
-    stores keep inside the row) and a switch picks one: any width runs register-tiled code,
-    from one compilation."""
+    stores keep inside the row; the gradient's partial vector goes lane by lane, see
+    tail_lanes) and a switch picks one: any width runs register-tiled code, from one
+    compilation. 14 accumulators leave a register for the broadcast x (the weights are read
+    by the multiply-adds themselves): width 100 float32 (13 vectors) runs in one pass, 6%
+    faster than in two of 12."""
     arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:6], args[:6])]
     za, Wa, ba, ia, va, la = arrs
     dtype = sig.args[1].dtype
@@ -224,6 +227,28 @@ def _ir_row_loop(context, builder, sig, args, outer):
             builder.store(v, vptr(ptr, k), align=align)
         else:
             builder.call(mstore, [v, vptr(ptr, k), ir.Constant(i32, align), mask])
+
+    fma1 = intrinsic_fn(f"llvm.fmuladd.f{bits}", ft, [ft, ft, ft])
+
+    def tail_lanes(wrow, ddata, k, x):
+        """wrow[k + l] += x * ddata[k + l] for l < rem, one scalar multiply-add each."""
+        before = builder.basic_block
+        head = builder.append_basic_block("tail.head")
+        body = builder.append_basic_block("tail.body")
+        done = builder.append_basic_block("tail.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        lane = builder.phi(i64)
+        lane.add_incoming(const(0), before)
+        builder.cbranch(builder.icmp_signed("<", lane, rem), body, done)
+        builder.position_at_end(body)
+        at = builder.add(k, lane)
+        wp = builder.gep(wrow, [at])
+        d = builder.load(builder.gep(ddata, [at]), align=align)
+        builder.store(builder.call(fma1, [x, d, builder.load(wp, align=align)]), wp, align=align)
+        lane.add_incoming(builder.add(lane, const(1)), body)
+        builder.branch(head)
+        builder.position_at_end(done)
 
     def splat(v):
         und = ir.Constant(V, ir.Undefined)
@@ -305,6 +330,11 @@ def _ir_row_loop(context, builder, sig, args, outer):
         wrow = builder.gep(wdata, [builder.mul(j, H, flags=["nsw", "nuw"])])
         new = []
         for i in range(n):
+            if outer and masks[i] is not None:
+                # the gradient's partial last vector lane by lane: a masked store is microcode
+                # on AMD CPUs (width 100: the training pass 222 ms with it, 199 ms without)
+                tail_lanes(wrow, bdata, offsets[i], x)
+                continue
             w = load(wrow, offsets[i], masks[i])
             if outer:
                 store(builder.call(fma, [xs, fixed[i], w]), wrow, offsets[i], masks[i])

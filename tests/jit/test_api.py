@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from fastmlp import init_params, jit as J, reference as R
-from fastmlp.common import init_state
+from fastmlp.jit.warmup import compile_kinds
 from fastmlp.jit import sparse
 
 from support import JIT_DISABLED, compare_all, real_batch
@@ -51,26 +51,6 @@ def test_twins_other_architectures(mnist_train, sizes, dtype):
     compare_all(params, X, y, f"sizes={sizes}")
 
 
-def _tour(params, X8, y):
-    """Every public kernel of the backend once, as compile_kinds calls them."""
-    dt = params.dtype
-    C = J.prepare(X8, dt)
-    Xf = X8.astype(dt) / 255
-    for X, yX in ((Xf[:9], y[:9]), (C, y)):
-        J.forward(params, X)
-        J.loss_and_grads(params, X, yX)
-        J.predict(params, X)
-    state = init_state(params, "adam")
-    J.gd_steps(params, state, C, y, [1e-3], optimizer="adam")
-    _, g = J.loss_and_grads(params, C, y)
-    J.update(params, g, state, 1e-3, 1, "adam")
-    n = len(y)
-    shifts = np.zeros((n, 2), np.int8) if X8.shape[1] == 784 else None
-    for batch in (8, n):
-        J.sgd_epoch(params, state, C, y, np.arange(n), batch, np.full(-(-n // batch), 1e-3),
-                    optimizer="adam", shifts=shifts)
-
-
 def _compiled_count():
     """How many compiled versions the backend's kernels hold in this process."""
     import numba
@@ -86,19 +66,16 @@ def _compiled_count():
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="about compiled kernels")
-def test_one_compiled_set_serves_every_architecture(mnist_train):
-    """Depth and widths are run-time values: after the default network's tour, networks of 1 to
-    6 hidden layers of any widths, and any number of inputs and classes, compile nothing."""
-    X, y = mnist_train
-    n = J._options.SPLIT_MAX_BATCH + 8
-    X8, y = X[:n], y[:n]
-    _tour(init_params((784, 72, 36, 10), "he", 0, np.float64), X8, y)
+def test_one_compiled_set_serves_every_architecture():
+    """Depth and widths are run-time values: after every public function has run on the default
+    network (warmup.compile_kinds), networks of 1 to 6 hidden layers of any widths, and any
+    number of inputs and classes, compile nothing."""
+    compile_kinds("float64", (784, 72, 36, 10))
     before = _compiled_count()
     assert before >= 10                      # (the public calls above reached the kernels)
     for sizes in [(784, 128, 10), (784, 256, 128, 64, 10), (784, 5, 10), (784, 200, 7, 12),
                   (784, 40, 30, 20, 16, 12, 8, 10), (30, 17, 3)]:
-        Xs = X8[:, :sizes[0]]
-        _tour(init_params(sizes, "he", 1, np.float64), Xs, y % sizes[-1])
+        compile_kinds("float64", sizes)
         assert _compiled_count() == before, f"{sizes} compiled kernels of its own"
 
 
