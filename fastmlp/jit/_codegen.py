@@ -230,16 +230,22 @@ def _ir_row_loop(context, builder, sig, args, outer):
 
     fma1 = intrinsic_fn(f"llvm.fmuladd.f{bits}", ft, [ft, ft, ft])
 
-    def tail_lanes(wrow, ddata, k, x):
-        """wrow[k + l] += x * ddata[k + l] for l < rem, one scalar multiply-add each."""
+    def loop_head(name, start):
+        """Open a counted loop: its head block, with the counter's phi (from start) and the
+        blocks (before, head, body, done); the caller adds any other phis here, then branches
+        to body or done."""
         before = builder.basic_block
-        head = builder.append_basic_block("tail.head")
-        body = builder.append_basic_block("tail.body")
-        done = builder.append_basic_block("tail.done")
+        head, body, done = (builder.append_basic_block(f"{name}.{part}")
+                            for part in ("head", "body", "done"))
         builder.branch(head)
         builder.position_at_end(head)
-        lane = builder.phi(i64)
-        lane.add_incoming(const(0), before)
+        i = builder.phi(i64)
+        i.add_incoming(start, before)
+        return i, before, head, body, done
+
+    def tail_lanes(wrow, ddata, k, x):
+        """wrow[k + l] += x * ddata[k + l] for l < rem, one scalar multiply-add each."""
+        lane, _, head, body, done = loop_head("tail", const(0))
         builder.cbranch(builder.icmp_signed("<", lane, rem), body, done)
         builder.position_at_end(body)
         at = builder.add(k, lane)
@@ -272,16 +278,9 @@ def _ir_row_loop(context, builder, sig, args, outer):
         ir.Constant(ir.VectorType(i32, c), [0] * c))
     tail_mask = builder.icmp_signed("<", lanes, remv)        # the lanes of the partial vector
 
-    entry = builder.basic_block
-    phead = builder.append_basic_block("pass.head")
-    pbody = builder.append_basic_block("pass.body")
+    q, entry, phead, pbody, pdone = loop_head("pass", const(0))           # q: the pass
     pnext = builder.append_basic_block("pass.next")
-    pdone = builder.append_basic_block("pass.done")
-    builder.branch(phead)
-    builder.position_at_end(phead)
-    q = builder.phi(i64)                                      # the pass
     v0 = builder.phi(i64)                                     # its first vector
-    q.add_incoming(const(0), entry)
     v0.add_incoming(const(0), entry)
     builder.cbranch(builder.icmp_signed("<", q, npass), pbody, pdone)
 
@@ -307,14 +306,7 @@ def _ir_row_loop(context, builder, sig, args, outer):
         zdata = builder.gep(za.data, [k0])                  # as displacements
         wdata = builder.gep(Wa.data, [k0])
         fixed = [load(bdata, k, m) for k, m in zip(offsets, masks)]      # b or d
-        before = builder.basic_block
-        head = builder.append_basic_block("row.head")
-        body = builder.append_basic_block("row.body")
-        done = builder.append_basic_block("row.done")
-        builder.branch(head)
-        builder.position_at_end(head)
-        p = builder.phi(i64)
-        p.add_incoming(p0, before)
+        p, before, head, body, done = loop_head("row", p0)
         accs = []
         if not outer:
             accs = [builder.phi(V) for _ in range(n)]
