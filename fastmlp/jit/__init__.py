@@ -39,6 +39,7 @@ reference                              numba (module: kernels)
 Modules, imported one way (api -> slots/split -> sparse/dense/optim -> csr -> _codegen/_atomics
 -> _options):
 
+    _cache     Numba's on-disk cache made safe for processes compiling at once
     _options   every Numba option set and tunable constant
     _types     the named tuples the kernels take (Net, Grads, Opt, Steps, Scratch, Split)
     _codegen   LLVM IR: the vector compress, the register-resident sparse row, 8x8 transposes
@@ -56,7 +57,10 @@ Modules, imported one way (api -> slots/split -> sparse/dense/optim -> csr -> _c
 How it is fast, and what was measured and dropped: ``docs/performance.md``.
 """
 
-from ..common import OPTIMIZERS, confusion_matrix, init_state, one_hot
+from . import _cache
+_cache.install()    # before any kernel is loaded or saved: Numba's cache across processes
+
+from ..common import OPTIMIZERS, confusion_matrix, init_state, one_hot  # noqa: E402
 from ._options import (BAND_BYTES, BLOCK, CHUNK, KERNEL_LAYERS, LOGIT_GAP, MIN_SLOT_ROWS, NSLOTS,  # noqa: F401
                        NSLOTS_FWD, PATIENCE, SPLIT_MAX_BATCH)
 from ._atomics import DONE, FREE, TAKEN  # noqa: F401
