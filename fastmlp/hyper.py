@@ -24,6 +24,10 @@ OPTIMIZER_TABLE = {
     "momentum": Optimizer(1, MOMENTUM),
     "nesterov": Optimizer(1, NESTEROV),
     "adam": Optimizer(2, ADAM),
+    # Adam with Kingma and Ba's "epsilon hat" (their section 2, last paragraph): the bias
+    # corrections move into the step size and eps is added to sqrt(v) itself, as scikit-learn's
+    # and Keras's Adam do (the same compiled rule, given other corrections: jit.optim._opt_args)
+    "adam_hat": Optimizer(2, ADAM),
 }
 OPTIMIZERS = tuple(OPTIMIZER_TABLE)
 

@@ -170,6 +170,8 @@ def update(params: Params, grads: Params, state, lr, t=1, optimizer="sgd", momen
         nesterov  v = momentum * v + g;  w -= lr * (g + momentum * v)
         adam      m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
                   w -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+        adam_hat  m, v as adam;  w -= lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)
+                  (Kingma and Ba's "epsilon hat"; scikit-learn's and Keras's Adam)
 
     Every argument is checked first (the same checks as the numba twin's: _validate).
     """
@@ -194,15 +196,19 @@ def _update(params, grads, state, lr, t, optimizer, momentum, beta1, beta2, eps,
             v += g
             step = g + w.dtype.type(momentum) * v if optimizer == "nesterov" else v
             w -= w.dtype.type(lr) * step
-        elif optimizer == "adam":
+        elif optimizer in ("adam", "adam_hat"):
             m, v = state[i], state[k + i]
             m *= w.dtype.type(beta1)
             m += w.dtype.type(1 - beta1) * g
             v *= w.dtype.type(beta2)
             v += w.dtype.type(1 - beta2) * g * g
-            mhat = m / w.dtype.type(1 - beta1 ** t)
-            vhat = v / w.dtype.type(1 - beta2 ** t)
-            w -= w.dtype.type(lr) * mhat / (np.sqrt(vhat) + w.dtype.type(eps))
+            if optimizer == "adam":
+                mhat = m / w.dtype.type(1 - beta1 ** t)
+                vhat = v / w.dtype.type(1 - beta2 ** t)
+                w -= w.dtype.type(lr) * mhat / (np.sqrt(vhat) + w.dtype.type(eps))
+            else:
+                step = lr * np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+                w -= w.dtype.type(step) * m / (np.sqrt(v) + w.dtype.type(eps))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def _opt_args(params: Params, state, optimizer, lrs, t0, steps=None, **hyper):
     L = len(params.weights)
     k = 2 * L
     empty2, empty1 = np.zeros((0, 0), dt), np.zeros(0, dt)
-    if optimizer == "adam":
+    if OPTIMIZER_TABLE[optimizer].code == ADAM:
         mWs, mbs = tuple(state[0:k:2]), tuple(state[1:k:2])
         vWs, vbs = tuple(state[k::2]), tuple(state[k + 1::2])
     elif optimizer in ("momentum", "nesterov"):
@@ -137,8 +137,11 @@ def _opt_args(params: Params, state, optimizer, lrs, t0, steps=None, **hyper):
     else:
         mWs, mbs, vWs, vbs = (empty2,) * L, (empty1,) * L, (empty2,) * L, (empty1,) * L
     t = (t0 + 1 + np.arange(len(lrs))).astype(np.float64)   # Adam's bias corrections, vectorized
-    c1s = (1 - np.power(float(beta1), t)).astype(dt)         # (a Python loop cost 1.3 ms per epoch)
-    c2s = (1 - np.power(float(beta2), t)).astype(dt)
+    c1s = 1 - np.power(float(beta1), t)                      # (a Python loop cost 1.3 ms per epoch)
+    c2s = 1 - np.power(float(beta2), t)
+    if optimizer == "adam_hat":   # lr sqrt(c2) / c1 * m / (sqrt(v) + eps), as the rule reads it
+        c1s, c2s = c1s / np.sqrt(c2s), np.ones_like(c2s)
+    c1s, c2s = c1s.astype(dt), c2s.astype(dt)
     hp = np.array([momentum, beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay], dtype=dt)
     like_W, like_b = params.weights[0], params.biases[0]
     opt = Opt(OPTIMIZER_TABLE[optimizer].code, padded(mWs, like_W), padded(mbs, like_b),

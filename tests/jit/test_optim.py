@@ -12,14 +12,14 @@ from fastmlp import init_params, jit as J, reference as R
 from support import JIT_DISABLED
 
 
-OPTS = {"gd": 0.1, "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 1e-3}
+OPTS = {"gd": 0.1, "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 1e-3, "adam_hat": 1e-3}
 
 
 @pytest.mark.small
 def test_update_twin():
     p = init_params((784, 16, 10), "he", 0, np.float64)
     g = p.copy()
-    for opt in ("sgd", "momentum", "nesterov", "adam"):
+    for opt in ("sgd", "momentum", "nesterov", "adam", "adam_hat"):
         pr, pj = p.copy(), p.copy()
         sr, sj = R.init_state(pr, opt), R.init_state(pj, opt)
         for t in (1, 2, 3):
@@ -39,7 +39,7 @@ def test_training_loop_steps_are_the_public_update_bitwise(mnist_train, dtype):
     X8, y = mnist_train[0][:200], mnist_train[1][:200].astype(np.int64)   # 3 slots of rows
     C = J.prepare(X8, dtype)
     p0 = init_params((784, 72, 36, 10), "he", 4, dtype)
-    for opt in ("sgd", "momentum", "nesterov", "adam"):
+    for opt in ("sgd", "momentum", "nesterov", "adam", "adam_hat"):
         pa, pb = p0.copy(), p0.copy()
         sa, sb = J.init_state(pa, opt), J.init_state(pb, opt)
         for t, lr in enumerate((0.05, 0.02), start=1):
