@@ -64,12 +64,12 @@ from ..common import OPTIMIZERS, confusion_matrix, init_state, one_hot  # noqa: 
 from ._options import (BAND_BYTES, BLOCK, CHUNK, KERNEL_LAYERS, LOGIT_GAP, MIN_SLOT_ROWS, NSLOTS,  # noqa: F401
                        NSLOTS_FWD, PATIENCE, SPLIT_MAX_BATCH)
 from ._atomics import DONE, FREE, TAKEN  # noqa: F401
-from .csr import CSR, prepare, to_csr
+from .csr import CSR, from_scipy, prepare, to_csr
 from .api import (accuracy, forward, gd_steps, loss_and_grads, predict, predict_proba, sgd_epoch,
                   update, warm_up)
 
 __all__ = [
-    "CSR", "prepare", "to_csr", "forward", "loss_and_grads", "update", "init_state",
+    "CSR", "prepare", "to_csr", "from_scipy", "forward", "loss_and_grads", "update", "init_state",
     "predict_proba", "predict", "accuracy", "one_hot", "confusion_matrix", "gd_steps",
     "sgd_epoch", "warm_up", "OPTIMIZERS", "NSLOTS",
 ]

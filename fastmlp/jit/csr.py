@@ -161,15 +161,15 @@ def _fill_csr(X, indptr, indices, values):
         _compress_range(x, j, m, indices, values, p)
 
 
-def to_csr(X, dtype=None) -> CSR:
+def to_csr(X, dtype=None, *, pixels: bool = True) -> CSR:
     """Compress a batch: uint8 pixels (divided by 255 in ``dtype``, exactly as the reference's
-    ``prepare`` does) or float values (kept as they are). Columns must fit in uint16. The
-    CSR's arrays are read-only."""
+    ``prepare`` does; with ``pixels=False``, uint8 values taken as they are, 0..255) or float
+    values (kept as they are). Columns must fit in uint16. The CSR's arrays are read-only."""
     _check_not_forked()
-    return _compress(X, dtype, False)
+    return _compress(X, dtype, False, pixels)
 
 
-def _compress(X, dtype, find_finite: bool) -> CSR:
+def _compress(X, dtype, find_finite: bool, pixels: bool = True) -> CSR:
     """to_csr; with find_finite, float X is also checked for NaN and inf on the way (recorded
     with the CSR for _all_finite: for predict, where it saves a pass over X; training on dense X
     does not pay for it)."""
@@ -193,7 +193,9 @@ def _compress(X, dtype, find_finite: bool) -> CSR:
     _fill_csr(X, indptr, indices, values)
     if X.dtype == np.uint8:
         dt = np.dtype(dtype or np.float32)
-        lut = np.arange(256).astype(dt) / np.asarray(255, dtype=dt)
+        lut = np.arange(256).astype(dt)
+        if pixels:
+            lut /= np.asarray(255, dtype=dt)
         finite = True
     else:
         lut = np.zeros(0, dtype=X.dtype)
@@ -201,6 +203,33 @@ def _compress(X, dtype, find_finite: bool) -> CSR:
     kernel = CSR(indptr, indices, values, lut, X.shape[1])
     csr = CSR(*(_read_only(a) for a in kernel[:4]), X.shape[1])
     _remember(csr, finite, kernel)
+    return csr
+
+
+def from_scipy(A, dtype) -> CSR:
+    """A scipy.sparse matrix or array (any format) as a CSR of ``dtype`` values: the same
+    numbers, duplicates summed, columns sorted within each row (A itself is not changed).
+    Columns must fit in uint16. The CSR's arrays are read-only."""
+    import scipy.sparse as sp
+
+    _check_not_forked()
+    if not sp.issparse(A):
+        raise TypeError(f"A must be a scipy.sparse matrix or array; got {type(A).__name__}")
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64; got {dt}")
+    if A.ndim != 2:
+        raise ValueError(f"A must be 2-D (n, features); got shape {A.shape}")
+    if A.shape[1] > 65535:
+        raise ValueError(f"at most 65535 columns fit the sparse index type; got {A.shape[1]}")
+    A = sp.csr_array(A)
+    if not A.has_canonical_format:
+        A = A.copy()
+        A.sum_duplicates()
+    kernel = CSR(A.indptr.astype(np.int64), A.indices.astype(np.uint16),
+                 np.array(A.data, dtype=dt), np.zeros(0, dtype=dt), A.shape[1])
+    csr = CSR(*(_read_only(a) for a in kernel[:4]), A.shape[1])
+    _remember(csr, None, kernel)
     return csr
 
 
