@@ -19,7 +19,7 @@ from .._validate import check_params, check_perm, check_shifts, check_update, ch
 from ..common import accuracy_of, init_state
 from . import _options
 from ._fork import _check_not_forked
-from .csr import CSR, _as_csr, prepare
+from .csr import CSR, _as_csr, _writable, prepare
 from .sparse import _band_cuts
 from .slots import _forward_kernel, _gd_loop, _loss_kernel, _sgd_loop
 from .split import _split_epoch, _split_scratch
@@ -50,8 +50,11 @@ def _offsets(params: Params) -> np.ndarray:
 
 
 def _net(params: Params) -> Net:
-    """The network as the kernels take it (the arrays themselves: updates change params)."""
-    return Net(padded(params.weights), padded(params.biases), _offsets(params))
+    """The network as the kernels take it (the arrays themselves: updates change params; a
+    read-only array, as unpickling from a memory map gives, is read through a writable copy:
+    the kernels compile for writable arrays only, and the updates refuse read-only ones)."""
+    return Net(padded(_writable(W) for W in params.weights),
+               padded(_writable(b) for b in params.biases), _offsets(params))
 
 
 def _grads(grads: Params) -> Grads:
