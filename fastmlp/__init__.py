@@ -9,4 +9,12 @@ from .params import Params, init_params
 from . import reference
 
 __version__ = "0.1.0"
-__all__ = ["load_mnist", "Params", "init_params", "reference", "__version__"]
+__all__ = ["load_mnist", "Params", "init_params", "MLPClassifier", "reference", "__version__"]
+
+
+def __getattr__(name):
+    # scikit-learn is imported only by those who use the estimator
+    if name == "MLPClassifier":
+        from .estimator import MLPClassifier
+        return MLPClassifier
+    raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")

@@ -2,9 +2,13 @@
 
 import os
 
-import pytest
+# scikit-learn's check_array_api_input (test_estimator.py) needs SciPy's array API mode, which
+# SciPy reads once, when it is first imported
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
-import fastmlp
+import pytest  # noqa: E402
+
+import fastmlp  # noqa: E402
 
 
 @pytest.fixture(scope="session")
