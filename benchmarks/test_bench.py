@@ -17,7 +17,7 @@ import pytest
 from fastmlp import init_params, jit as J, reference as R
 from fastmlp.compare import tolerance
 
-from bench_support import BACKENDS, FLOPS_FORWARD, FLOPS_TRAIN, rounds_for, settle
+from bench_support import BACKENDS, FLOPS_FORWARD, FLOPS_TRAIN, flops_train, rounds_for, settle
 
 DTYPES = [np.float32, np.float64]
 _REF_CACHE = {}
@@ -179,3 +179,27 @@ def _trained(mnist, dtype):
     perm = np.random.default_rng(0).permutation(60000)
     J.sgd_epoch(p, st, C, y, perm, 128, np.full(469, 0.05), optimizer="nesterov")
     return p
+
+
+@pytest.mark.benchmark(group="sklearn_fit")
+@pytest.mark.parametrize("impl", ["sklearn", "fastmlp"])
+def test_sklearn_fit(benchmark, record, mnist, impl):
+    """MLPClassifier fits, scikit-learn's against fastmlp's with the same hyperparameters
+    (hidden_layer_sizes=(100,), adam, batch 200) on 10,000 MNIST images, pixels / 255 float32,
+    2 epochs; OPS is fits per second. benchmarks/bench_sklearn.py runs the full comparison."""
+    import warnings
+    from sklearn.neural_network import MLPClassifier as Sk
+    from fastmlp import MLPClassifier as Fast
+    X, y, Xt, yt = mnist
+    Xf, Xtf = X[:10000].astype(np.float32) / 255, Xt.astype(np.float32) / 255
+    kw = dict(hidden_layer_sizes=(100,), solver="adam", batch_size=200, random_state=0,
+              max_iter=2, tol=0.0)
+    cls = Sk if impl == "sklearn" else Fast
+
+    def fit():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls(**kw).fit(Xf, y[:10000])
+    clf = _time(benchmark, fit, budget=3.0)
+    assert clf.score(Xtf, yt) > 0.85
+    record(impl, np.float32, 200, 10000 * 2, flops_train((784, 100, 10)))
