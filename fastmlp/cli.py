@@ -92,7 +92,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonneg_int, default=None)
     p.add_argument("--dtype", choices=("float32", "float64"))
     p.add_argument("--hidden", type=_hidden, metavar="W1,W2,...",
-                   help="hidden layer widths (default 72,36): the network is 784-W1-...-10")
+                   help="hidden layer widths (default 72,36: the network is 784-W1-...-10; "
+                        "with --data, 100)")
     p.add_argument("--val-fraction", type=val_fraction_type,
                    help="part of the training set held out for validation")
     p.add_argument("--no-val", action="store_true", help="no validation split")
@@ -108,6 +109,24 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-json", type=_file_path, metavar="PATH",
                    help="write the run's metrics")
     p.add_argument("--plot-dir", type=Path, metavar="DIR", help="write figures (PNG) here")
+    p.add_argument("--history-csv", type=_file_path, metavar="PATH",
+                   help="write one row per epoch (or evaluation): loss, accuracies, seconds")
+    own = p.add_argument_group("your own data (instead of MNIST): fastmlp.MLPClassifier")
+    own.add_argument("--data", type=Path, metavar="PATH",
+                     help="a table to train on: .csv, .parquet, .npz (X, y) or .npy")
+    own.add_argument("--target", metavar="COLUMN",
+                     help="the label column (.csv/.parquet; an .npz's label array, default y; "
+                          "an .npy's column number, default the last)")
+    own.add_argument("--test-fraction", type=_in_range(RANGES["val_fraction"]._replace(
+                     lo_closed=False)), default=0.2,
+                     help="rows held out (stratified) for the test accuracy (default 0.2)")
+    own.add_argument("--alpha", type=weight_decay_type,
+                     help="L2 penalty as scikit-learn defines it (default 1e-4)")
+
+
+# options of the MNIST recipes that have no meaning for --data (MLPClassifier's options instead)
+MNIST_ONLY = ("preset", "iterations", "schedule", "warmup", "weight_decay", "init", "augment",
+              "data_dir", "no_val")
 
 
 def config_from_args(args):
@@ -164,7 +183,8 @@ def _check_outputs(args) -> None:
     """Fail before training, not after, when an output cannot be written: a target that exists
     and is not a regular file, a missing or unwritable directory, two outputs on one file."""
     targets = {}
-    for opt, path in (("--save", args.save), ("--metrics-json", args.metrics_json)):
+    for opt, path in (("--save", args.save), ("--metrics-json", args.metrics_json),
+                      ("--history-csv", getattr(args, "history_csv", None))):
         if path is not None:
             targets[opt] = _output_file(opt, path)
             _writable_dir(targets[opt].parent, f"{opt}: directory")
@@ -196,6 +216,11 @@ def cmd_train(args) -> int:
     from .train import fit, backend_module, evaluate, TrainingDiverged
     from .reference import confusion_matrix
 
+    if args.data is not None:
+        return _train_table(args)
+    if args.target is not None or args.alpha is not None:
+        raise CommandError(f"--{'target' if args.target is not None else 'alpha'} is an option "
+                           f"of --data (your own table)")
     cfg = config_from_args(args)
     _check_outputs(args)
     if args.threads is not None:
@@ -262,6 +287,14 @@ def cmd_train(args) -> int:
     if args.metrics_json is not None:
         text = json.dumps(metrics, indent=2) + "\n"
         atomic_write(args.metrics_json, lambda fh: fh.write(text.encode()))
+    if args.history_csv is not None:
+        h = result.history
+        seconds = np.diff(np.concatenate([[0.0], h["seconds"]]))
+        _write_history(args.history_csv, {
+            "epoch": h["epoch"], "step": h["step"], "loss": h["loss"],
+            "train_accuracy": h["train_accuracy"], "val_loss": h["val_loss"] or None,
+            "val_accuracy": h["val_accuracy"] or None, "seconds": seconds,
+            "total_seconds": h["seconds"]})
     if args.plot_dir is not None:
         from . import plots
         pred = backend.predict(result.params, Xtp)
@@ -285,6 +318,117 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _write_history(path, columns: dict) -> None:
+    """A CSV of the given columns (lists of one length; None leaves a column out), written
+    atomically."""
+    import pandas as pd
+    from ._io import atomic_write
+    frame = pd.DataFrame({k: v for k, v in columns.items() if v is not None})
+    text = frame.to_csv(index=False)
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def _train_table(args) -> int:
+    """fastmlp train --data: MLPClassifier on the user's table, a stratified test split held
+    out; the model file keeps the class labels, feature names and options."""
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from ._io import atomic_write
+    from .estimator import MLPClassifier
+    from .tabular import read_table
+    given = [f"--{k.replace('_', '-')}" for k in MNIST_ONLY
+             if k != "preset" and getattr(args, k) not in (None, False)]
+    given += ["--preset"] * (args.preset != "fast") + ["--dataset"] * (args.dataset != "mnist")
+    if given:
+        raise CommandError(f"{', '.join(sorted(set(given)))}: option(s) of the MNIST recipes; "
+                           f"with --data use --hidden, --epochs, --batch-size, --lr, --optimizer, "
+                           f"--momentum, --alpha, --val-fraction, --patience, --seed, --dtype")
+    if args.optimizer == "gd":
+        raise CommandError("--optimizer gd is full-batch; with --data use sgd, momentum, "
+                           "nesterov or adam")
+    _check_outputs(args)
+    if args.threads is not None:
+        import numba
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    t0 = time.perf_counter()
+    X, y, names = read_table(args.data, args.target)
+    load_seconds = time.perf_counter() - t0
+    seed = 0 if args.seed is None else args.seed
+    try:
+        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=args.test_fraction,
+                                              random_state=seed, stratify=y)
+    except ValueError as exc:
+        raise CommandError(f"{args.data}: cannot hold out a stratified test part "
+                           f"(--test-fraction {args.test_fraction:g}): {exc}") from None
+    opt = args.optimizer or "adam"
+    options = dict(
+        hidden_layer_sizes=args.hidden or (100,), solver="adam" if opt.startswith("adam") else "sgd",
+        momentum=0.0 if opt == "sgd" else (args.momentum if args.momentum is not None else 0.9),
+        nesterovs_momentum=opt != "momentum", learning_rate_init=args.lr or 1e-3,
+        alpha=1e-4 if args.alpha is None else args.alpha,
+        batch_size=args.batch_size or "auto", max_iter=args.epochs or 200, random_state=seed,
+        early_stopping=args.val_fraction is not None,
+        validation_fraction=args.val_fraction or 0.1, n_iter_no_change=args.patience or 10,
+        backend=args.backend or "numba", dtype=args.dtype or "float32", verbose=False)
+    clf = MLPClassifier(**options)
+    if names is not None:
+        import pandas as pd
+        Xtr = pd.DataFrame(Xtr, columns=names)
+        Xte = pd.DataFrame(Xte, columns=names)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        t = time.perf_counter()
+        clf.fit(Xtr, ytr)
+        fit_seconds = time.perf_counter() - t
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    test_acc = float(clf.score(Xte, yte))
+    pred = clf.predict(Xte)
+    classes = clf.classes_.tolist()
+    options["hidden_layer_sizes"] = list(options["hidden_layer_sizes"])
+    metrics = {
+        "test_accuracy": test_acc, "train_accuracy": float(clf.score(Xtr, ytr)),
+        "best_validation_score": clf.best_validation_score_, "final_loss": clf.loss_,
+        "train_seconds": fit_seconds, "load_seconds": load_seconds,
+        "peak_rss_mb": _peak_rss_mb(), "epochs": clf.n_iter_, "converged": converged,
+        "data": str(args.data), "rows": len(X), "test_rows": len(Xte), "features": X.shape[1],
+        "classes": classes, "sizes": [X.shape[1], *options["hidden_layer_sizes"], len(classes)],
+        "optimizer": opt, "seed": seed, "options": options, "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_info(),
+    }
+    if args.save is not None:
+        from .params import Params
+        Params(clf.coefs_, clf.intercepts_).save(args.save, meta={
+            "kind": "table", "classes": classes, "feature_names": names,
+            "n_features": X.shape[1], "target": args.target, "options": options})
+    if args.metrics_json is not None:
+        text = json.dumps(metrics, indent=2, default=str) + "\n"
+        atomic_write(args.metrics_json, lambda fh: fh.write(text.encode()))
+    if args.history_csv is not None:
+        _write_history(args.history_csv, {
+            "epoch": list(range(1, clf.n_iter_ + 1)), "loss": clf.loss_curve_,
+            "val_accuracy": clf.validation_scores_, "seconds": clf.epoch_seconds_,
+            "total_seconds": np.cumsum(clf.epoch_seconds_)})
+    if args.plot_dir is not None:
+        from . import plots
+        from .common import confusion_matrix
+        idx = {c: k for k, c in enumerate(classes)}
+        C = confusion_matrix([idx[v] for v in yte.tolist()], [idx[v] for v in pred.tolist()],
+                             len(classes))
+        epochs = list(range(1, clf.n_iter_ + 1))
+        plots.curves(args.plot_dir / "curves.png",
+                     {"step": epochs, "loss": clf.loss_curve_, "train_accuracy": [],
+                      "val_accuracy": clf.validation_scores_ or []},
+                     title=f"{args.data.name}: {opt}, lr {options['learning_rate_init']:g}",
+                     xlabel="epoch")
+        plots.confusion(args.plot_dir / "confusion.png", C, labels=[str(c) for c in classes])
+    print(f"test accuracy {100 * test_acc:.2f}% | train {fit_seconds:.2f} s | {clf.n_iter_} "
+          f"epochs{'' if converged else ' (max reached)'} | {len(classes)} classes, "
+          f"{X.shape[1]} features, {len(Xtr)} rows | {options['backend']} {options['dtype']} | "
+          f"{opt} lr {options['learning_rate_init']:g} | seed {seed}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # evaluate, predict
 
@@ -299,10 +443,60 @@ def _load_model(path):
         raise CommandError(f"{path}: cannot read the model file ({exc.strerror})") from None
 
 
+def _table_model(path, params):
+    """A model trained by ``train --data``: its description (classes, feature names, ...), or
+    None for an MNIST model."""
+    from .params import load_meta
+    try:
+        meta = load_meta(path)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if meta.get("kind") != "table":
+        return None
+    if len(meta.get("classes", ())) != params.sizes[-1] or meta.get("n_features") != params.sizes[0]:
+        raise CommandError(f"{path}: the model's description does not match its network "
+                           f"(sizes {params.sizes})")
+    return meta
+
+
+def _table_predictions(args, params, meta, labels):
+    """(labels predicted for the rows of args.data, the labels given there or None)."""
+    from . import jit
+    from .tabular import read_table
+    target = args.target if args.target is not None else meta.get("target")
+    try:
+        X, y, names = read_table(args.data, target, labels=labels)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    want = meta.get("feature_names")
+    if X.shape[1] != params.sizes[0]:
+        raise CommandError(f"{args.data}: the model takes {params.sizes[0]} features; the file "
+                           f"has {X.shape[1]}")
+    if want and names and list(names) != list(want):
+        raise CommandError(f"{args.data}: the features must be the model's, in its order "
+                           f"({', '.join(want[:5])}, ...); got {', '.join(names[:5])}, ...")
+    idx = jit.predict(params, jit.to_csr(np.ascontiguousarray(X, dtype=params.dtype)))
+    return np.asarray(meta["classes"], dtype=object)[idx], (y if labels else None)
+
+
 def cmd_evaluate(args) -> int:
     from . import data, jit
     from .reference import confusion_matrix
     params = _load_model(args.model)
+    meta = _table_model(args.model, params)
+    if meta is not None or args.data is not None:
+        if meta is None:
+            raise CommandError(f"{args.model}: an MNIST model (no class labels or feature names "
+                               f"saved); --data needs a model trained with train --data")
+        if args.data is None:
+            raise CommandError(f"{args.model} was trained on a table: give --data (and --target)")
+        pred, y = _table_predictions(args, params, meta, labels=True)
+        classes = meta["classes"]
+        y = np.asarray(y, dtype=object)
+        print(f"accuracy {100 * np.mean(pred == y):.2f}% ({int(np.sum(pred == y))} of {len(y)})")
+        print("per class:  " + "  ".join(f"{c}: {100 * np.mean(pred[y == c] == c):.1f}%"
+                                        for c in classes if np.any(y == c)))
+        return 0
     if params.sizes[0] != 784 or params.sizes[-1] != 10:
         raise CommandError(f"{args.model}: the model maps {params.sizes[0]} inputs to "
                            f"{params.sizes[-1]} classes; evaluation needs 784 -> 10")
@@ -323,6 +517,20 @@ def cmd_predict(args) -> int:
     from . import jit
     from .images import image_to_mnist
     params = _load_model(args.model)
+    meta = _table_model(args.model, params)
+    if args.data is not None:
+        if meta is None:
+            raise CommandError(f"{args.model}: an MNIST model; --data needs a model trained with "
+                               f"train --data")
+        if args.images:
+            raise CommandError("give image files or --data, not both")
+        pred, _ = _table_predictions(args, params, meta, labels=False)
+        print("row,prediction")
+        for i, label in enumerate(pred.tolist()):
+            print(f"{i},{label}")
+        return 0
+    if not args.images:
+        raise CommandError("give image files to classify (or --data with a table model)")
     if params.sizes[0] != 784 or params.sizes[-1] != 10:
         raise CommandError(f"{args.model}: the model maps {params.sizes[0]} inputs to "
                            f"{params.sizes[-1]} classes; digit images need 784 -> 10")
@@ -431,9 +639,15 @@ def build_parser(prog="fastmlp") -> argparse.ArgumentParser:
     e.add_argument("--data-dir", type=Path)
     e.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist")
     e.add_argument("--quiet", action="store_true")
-    pr = sub.add_parser("predict", help="classify image files (PNG) with a saved model")
+    e.add_argument("--data", type=Path, help="a table (for a model trained with train --data)")
+    e.add_argument("--target", help="its label column (default: the one trained on)")
+    pr = sub.add_parser("predict", help="classify image files (PNG), or the rows of a table, "
+                        "with a saved model")
     pr.add_argument("model", type=Path)
-    pr.add_argument("images", nargs="+", type=Path)
+    pr.add_argument("images", nargs="*", type=Path)
+    pr.add_argument("--data", type=Path, help="a table of features (for a model trained with "
+                    "train --data); prints row,prediction lines")
+    pr.add_argument("--target", help="a label column in it, to leave out")
     c = sub.add_parser("compare", help="reference vs numba, tensor by tensor")
     add_compare_options(c)
     w = sub.add_parser("warmup", help="compile the numba kernels ahead, on every core (once per "

@@ -23,6 +23,7 @@ inputs, not the columns.
 from __future__ import annotations
 
 import numbers
+import time
 import warnings
 
 import numpy as np
@@ -81,7 +82,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     Fitted attributes as scikit-learn names them: classes_, coefs_ (each (fan_in, fan_out)),
     intercepts_, loss_, loss_curve_, best_loss_, validation_scores_, best_validation_score_,
-    n_iter_, t_, n_features_in_, feature_names_in_, n_layers_, n_outputs_, out_activation_.
+    n_iter_, t_, n_features_in_, feature_names_in_, n_layers_, n_outputs_, out_activation_;
+    and fastmlp's own epoch_seconds_ (each epoch's training time, beside loss_curve_).
     """
 
     _parameter_constraints = {
@@ -239,6 +241,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.n_outputs_ = sizes[-1]
         self.out_activation_ = "softmax"
         self.loss_curve_ = []
+        self.epoch_seconds_ = []
         self._no_improvement_count = 0
         self._best = params.copy()
         if self.early_stopping:
@@ -301,6 +304,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 shifts = (self._random_state.randint(-2, 3, size=(n, 2)).astype(np.int8)
                           if self.augment else None)
                 lr = self._lr if self.solver == "sgd" else float(self.learning_rate_init)
+                started = time.perf_counter()
                 before = _sum_squares(params)
                 # sklearn's L2 term is alpha / (2 n_batch) ||W||^2: its gradient alpha / n_batch W
                 losses = backend.sgd_epoch(params, self._state, Xp, yi, order[:full * batch],
@@ -318,6 +322,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                     total += float(last[0]) * rem
                 steps = full + (rem > 0)
                 self._steps += steps
+                self.epoch_seconds_.append(time.perf_counter() - started)
                 penalty = 0.5 * self.alpha * steps * (before + _sum_squares(params)) / 2
                 loss = (total + penalty) / n
                 if not (np.isfinite(loss) and params.all_finite()):

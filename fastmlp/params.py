@@ -10,6 +10,7 @@ float64 from ``numpy.random.default_rng(seed)``, and is then cast to the request
 
 from __future__ import annotations
 
+import json
 import struct
 import tokenize
 import zipfile
@@ -21,7 +22,7 @@ import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["Params", "init_params", "SCHEMES", "DTYPES", "as_dtype"]
+__all__ = ["Params", "init_params", "load_meta", "SCHEMES", "DTYPES", "as_dtype"]
 
 SCHEMES = ("uniform", "he")
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -43,8 +44,10 @@ def as_dtype(dtype) -> np.dtype:
 MAX_LAYERS = 64                   # weight layers
 MAX_WIDTH = 1 << 16               # units in one layer
 MAX_PARAMETERS = 100_000_000      # weights and biases in all: 400 MB in float32
-MAX_MODEL_MEMBERS = 3 + 2 * MAX_LAYERS   # arrays in a model file: format, sizes, dtype, W and b
-                                         # per layer (zipfile parses every entry it lists)
+MAX_MODEL_MEMBERS = 4 + 2 * MAX_LAYERS   # arrays in a model file: format, sizes, dtype, meta, W
+                                         # and b per layer (zipfile parses every entry it lists)
+MAX_META_CHARS = 1 << 22                 # a model's description (JSON): class labels, feature
+                                         # names, training options
 
 
 def check_sizes(sizes) -> tuple[int, ...]:
@@ -182,8 +185,10 @@ class Params:
     def all_finite(self) -> bool:
         return all(np.isfinite(a).all() for a in self.arrays())
 
-    def save(self, path) -> Path:
-        """Write an .npz with every array plus the sizes, dtype and a format tag.
+    def save(self, path, meta: dict | None = None) -> Path:
+        """Write an .npz with every array plus the sizes, dtype and a format tag; with ``meta``
+        (a dict that JSON can hold: class labels, feature names, the training options), that
+        too, for ``load_meta``.
 
         The file is written to a temporary name beside ``path`` and renamed into place, so an
         interrupted save leaves no partial file.
@@ -194,6 +199,12 @@ class Params:
         arrays["sizes"] = np.asarray(self.sizes, dtype=np.int64)
         arrays["dtype"] = np.asarray(self.dtype.name)
         arrays["format"] = np.asarray(FORMAT)
+        if meta is not None:
+            text = json.dumps(meta)
+            if len(text) > MAX_META_CHARS:
+                raise ValueError(f"the model's description must be at most {MAX_META_CHARS} "
+                                 f"characters of JSON; got {len(text)}")
+            arrays["meta"] = np.asarray(text)
         atomic_write(path, lambda fh: np.savez(fh, **arrays))
         return path
 
@@ -228,6 +239,28 @@ class Params:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path}: not a usable fastmlp model: {exc}") from None
         return params
+
+
+def load_meta(path) -> dict:
+    """The description a model file was saved with (``Params.save(path, meta)``), or {} for a
+    model saved without one. A ValueError naming the file if it is not a model file or its
+    description is not a JSON object of at most MAX_META_CHARS characters."""
+    Params.load(path)                          # (every check of a model file, first)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if "meta.npy" not in zf.namelist():
+                return {}
+            shape, dt = _npy_header(zf, "meta")
+            if shape != () or dt.kind != "U" or dt.itemsize // 4 > MAX_META_CHARS:
+                raise ValueError(f"its description must be a JSON string of at most "
+                                 f"{MAX_META_CHARS} characters; the file says {dt.str} {shape}")
+            meta = json.loads(str(_npy_read(zf, "meta", (), "U")))
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: unreadable model description: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: the model's description must be a JSON object; got "
+                         f"{type(meta).__name__}")
+    return meta
 
 
 def _check_zip_entries(path: Path) -> None:

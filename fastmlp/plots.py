@@ -47,30 +47,36 @@ def digits_grid(path, images, y_true, y_pred, n=36, title="test digits: predicte
     return _save(fig, path)
 
 
-def curves(path, history, title="training"):
-    """Loss and accuracy against training steps (train, and validation where present)."""
+def curves(path, history, title="training", xlabel="step"):
+    """Loss and accuracy against training steps or epochs (history["step"]): train, and
+    validation where present."""
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     step = history["step"]
     a1.plot(step, history["loss"], label="train loss")
     if history.get("val_loss"):
         a1.plot(step, history["val_loss"], label="validation loss")
-    a1.set_xlabel("step")
+    a1.set_xlabel(xlabel)
     a1.set_ylabel("cross-entropy")
     a1.set_yscale("log")
     a1.legend()
-    a2.plot(step, history["train_accuracy"], label="train accuracy")
+    if history.get("train_accuracy"):
+        a2.plot(step, history["train_accuracy"], label="train accuracy")
     if history.get("val_accuracy"):
         a2.plot(step, history["val_accuracy"], label="validation accuracy")
-    a2.set_xlabel("step")
-    a2.set_ylabel("accuracy")
-    a2.legend()
+    if a2.lines:
+        a2.set_xlabel(xlabel)
+        a2.set_ylabel("accuracy")
+        a2.legend()
+    else:               # (no accuracy recorded during training: no validation split)
+        a2.axis("off")
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def confusion(path, C, title="confusion matrix (test)"):
-    """C[i, j] = samples of class i predicted as j, with counts in the cells."""
+def confusion(path, C, title="confusion matrix (test)", labels=None):
+    """C[i, j] = samples of class i predicted as j, with counts in the cells; ``labels`` name
+    the classes (default 0..k-1)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.imshow(np.log1p(C), cmap="Blues")
@@ -82,6 +88,9 @@ def confusion(path, C, title="confusion matrix (test)"):
     ax.set_ylabel("true")
     ax.set_xticks(range(C.shape[1]))
     ax.set_yticks(range(C.shape[0]))
+    if labels is not None:
+        ax.set_xticklabels(labels, rotation=90 if max(map(len, labels)) > 2 else 0)
+        ax.set_yticklabels(labels)
     ax.set_title(title)
     return _save(fig, path)
 

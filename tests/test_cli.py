@@ -1,6 +1,7 @@
 """The command line: train_fast.py and the fastmlp command, including every foreseeable error."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,7 +213,8 @@ def test_bench_passes_options_to_pytest():
                           "predict and reference-float32-1]"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "test_predict[reference-float32-1]" in out.stdout and "1/82 tests collected" in out.stdout
+    assert "test_predict[reference-float32-1]" in out.stdout
+    assert re.search(r"\b1/\d+ tests collected", out.stdout), out.stdout
 
 
 def test_warmup_command_compiles_in_child_processes(capsys):
