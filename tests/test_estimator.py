@@ -231,8 +231,11 @@ def test_reference_backend_agrees(digits):
 
 
 def test_results_do_not_depend_on_threads(digits):
+    """Batches over SPLIT_MAX_BATCH rows run in slots over Numba's threads: the same bits for
+    any number of them. (uint8 input: the kernels the MNIST training warm-up compiled.)"""
     import numba
     X, y = digits
+    X = (X * 16).astype(np.uint8)
     kw = dict(hidden_layer_sizes=(16,), max_iter=3, random_state=0, batch_size=600)
     n = numba.get_num_threads()
     try:
@@ -316,3 +319,25 @@ def test_diverging_training_says_so(digits):
     with pytest.raises(ValueError, match="non-finite parameter weights"):
         MLPClassifier(solver="sgd", learning_rate_init=1e6, max_iter=5, random_state=0).fit(
             X * 1e6, y)
+
+
+@pytest.mark.slow
+def test_grid_search_on_a_dask_cluster():
+    """The same sweep through joblib's dask backend on a LocalCluster of two worker processes:
+    the same best parameters and scores as in this process."""
+    import joblib
+    distributed = pytest.importorskip("dask.distributed", reason="the [dask] extra")
+    X, y = make_classification(n_samples=400, n_features=20, n_informative=8, n_classes=3,
+                               random_state=0)
+    grid = {"hidden_layer_sizes": [(8,), (32,)], "alpha": [1e-4, 1e-1]}
+    est = MLPClassifier(max_iter=30, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        one = GridSearchCV(est, grid, cv=3, n_jobs=1).fit(X, y)
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster, \
+                distributed.Client(cluster), joblib.parallel_backend("dask"):
+            dask = GridSearchCV(est, grid, cv=3).fit(X, y)
+    assert one.best_params_ == dask.best_params_ and one.best_score_ == dask.best_score_
+    np.testing.assert_array_equal(one.cv_results_["mean_test_score"],
+                                  dask.cv_results_["mean_test_score"])

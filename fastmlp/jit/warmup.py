@@ -30,7 +30,7 @@ def compile_kinds(dtype: str, sizes: tuple, training: bool = True) -> None:
     each kernel they use is compiled (or found in the cache) for this dtype and network shape:
     forward, loss_and_grads and predict on dense float X and uint8 images; with ``training``
     also full-batch and mini-batch training (both step kernels, with and without augmentation
-    shifts; mini-batches on float values too, as MLPClassifier trains) and update."""
+    shifts; the split step on float values too, as MLPClassifier trains) and update."""
     import numpy as np
     from .. import init_params
     from . import api, csr, _options
@@ -60,9 +60,9 @@ def compile_kinds(dtype: str, sizes: tuple, training: bool = True) -> None:
         for s in (None, shifts) if shifts is not None else (None,):
             api.sgd_epoch(p, state, C, y, np.arange(n), batch, np.full(-(-n // batch), 1e-3),
                           optimizer="adam", shifts=s)
-        # float values (MLPClassifier's input other than uint8)
-        api.sgd_epoch(p, state, csr.prepare(Xf, dt), y, np.arange(n), batch,
-                      np.full(-(-n // batch), 1e-3), optimizer="adam")
+    # float values, as MLPClassifier trains on them (at its default batch size: the split step)
+    api.sgd_epoch(p, state, csr.prepare(Xf, dt), y, np.arange(n), 8, np.full(-(-n // 8), 1e-3),
+                  optimizer="adam")
 
 
 def warmup(kinds=None, processes: int | None = None, progress: bool = True) -> float:
