@@ -11,6 +11,7 @@ float64 from ``numpy.random.default_rng(seed)``, and is then cast to the request
 from __future__ import annotations
 
 import json
+import math
 import struct
 import tokenize
 import zipfile
@@ -80,7 +81,8 @@ def empty_aligned(shape, dtype) -> np.ndarray:
     straddles two cache lines: a row split across two lines costs a second load, and the
     jitted kernels' sparse products slow down by up to 40%."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
     buf = np.empty(nbytes + ALIGN, dtype=np.uint8)
     start = (-buf.ctypes.data) % ALIGN
     return buf[start:start + nbytes].view(dtype).reshape(shape)

@@ -38,8 +38,14 @@ def padded(arrays, like=None) -> tuple:
     tuple's length is part of its Numba type; padded, every depth has the same type."""
     arrays = tuple(arrays)
     like = arrays[0] if like is None else like
-    empty = np.zeros((0,) * like.ndim, like.dtype)
+    key = (like.dtype, like.ndim)
+    empty = _EMPTY.get(key)
+    if empty is None:        # one per kind, shared: nothing is ever written to an empty array
+        empty = _EMPTY[key] = np.zeros((0,) * like.ndim, like.dtype)
     return arrays + (empty,) * (max(_options.KERNEL_LAYERS, len(arrays)) - len(arrays))
+
+
+_EMPTY: dict = {}
 
 
 class Grads(NamedTuple):
