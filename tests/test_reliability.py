@@ -123,7 +123,7 @@ _OPT_CASES = [   # (keyword changes to a valid call, error, message)
     (dict(lrs=[0.1, -0.1]), ValueError, "learning rates must be finite and >= 0; got -0.1 at step 1"),
     (dict(t0=-1), ValueError, r"t0 \(the steps taken before\) must be an integer >= 0; got -1"),
     (dict(t0=1.5), ValueError, "t0 .* must be an integer >= 0; got 1.5"),
-    (dict(optimizer="rmsprop"), ValueError, "optimizer must be one of gd, sgd, momentum, nesterov, adam; got 'rmsprop'"),
+    (dict(optimizer="rmsprop"), ValueError, "optimizer must be one of gd, sgd, momentum, nesterov, adam, adam_hat; got 'rmsprop'"),
     (dict(momentum=2.0), ValueError, r"momentum must be a finite number in \[0, 1\); got 2.0"),
     (dict(beta2=1.0), ValueError, r"beta2 must be a finite number in \[0, 1\); got 1.0"),
     (dict(eps=0.0), ValueError, "eps must be a finite number > 0; got 0.0"),

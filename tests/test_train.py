@@ -91,7 +91,7 @@ def test_schedules():
     (dict(batch_size=0), "batch size must be an integer >= 1; got 0"),
     (dict(epochs=0), "epochs must be an integer in 1..100000; got 0"),
     (dict(iterations=0, epochs=None), "iterations must be an integer in 1..1000000; got 0"),
-    (dict(optimizer="rmsprop"), "optimizer must be one of gd, sgd, momentum, nesterov, adam; got 'rmsprop'"),
+    (dict(optimizer="rmsprop"), "optimizer must be one of gd, sgd, momentum, nesterov, adam, adam_hat; got 'rmsprop'"),
     (dict(backend="cuda"), "backend must be one of numba, reference; got 'cuda'"),
     (dict(dtype="float16"), "dtype must be one of float32, float64; got 'float16'"),
     (dict(val_fraction=1.0), r"validation fraction must be in \[0, 1\)"),
