@@ -157,3 +157,40 @@ def test_predict_rejects_a_float_csr_with_nan(mnist_train):
     for f in (J.predict, J.predict_proba):
         with pytest.raises(ValueError, match="X must be finite; got nan at row 3, column 300"):
             f(p, C)
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil"])
+def test_from_scipy_is_to_csr_of_the_dense_matrix(mnist_train, fmt):
+    """Any scipy.sparse format (duplicates summed, unsorted columns sorted, int64 indices) gives
+    the CSR that to_csr gives for the same dense numbers; the input is not changed."""
+    import scipy.sparse as sp
+    X = mnist_train[0][:30].astype(np.float32) / np.float32(255)
+    A = sp.coo_matrix(X)
+    # every entry twice, halves of it, in reverse order: to be summed and sorted
+    dup = sp.coo_matrix((np.r_[A.data / 2, A.data / 2][::-1],
+                         (np.r_[A.row, A.row][::-1], np.r_[A.col, A.col][::-1])), shape=X.shape)
+    B = dup.asformat(fmt)
+    before = B.copy()
+    C = J.from_scipy(B, np.float32)
+    D = J.to_csr(X)
+    for a, b, name in zip(C[:4], D[:4], ("indptr", "indices", "values", "lut")):
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert (B != before).nnz == 0
+    csr64 = sp.csr_matrix(X)
+    csr64.indices = csr64.indices.astype(np.int64)
+    assert np.array_equal(J.from_scipy(csr64, np.float64).values, X[X != 0].astype(np.float64))
+    with pytest.raises(ValueError, match="at most 65535 columns"):
+        J.from_scipy(sp.csr_matrix((2, 70000)), np.float32)
+    with pytest.raises(TypeError, match="scipy.sparse matrix or array"):
+        J.from_scipy(X, np.float32)
+
+
+@pytest.mark.small
+def test_uint8_values_as_they_are(mnist_train):
+    """pixels=False: uint8 values keep their value (the table maps v to v, exactly)."""
+    X8 = mnist_train[0][:20]
+    C = J.to_csr(X8, np.float32, pixels=False)
+    assert np.array_equal(C.lut, np.arange(256, dtype=np.float32))
+    p = init_params((784, 16, 10), "he", 0, np.float32)
+    assert np.array_equal(J.predict_proba(p, C), J.predict_proba(p, X8.astype(np.float32)))
