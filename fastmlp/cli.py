@@ -630,7 +630,8 @@ def _sizes(text: str) -> tuple:
 
 
 def build_parser(prog="fastmlp") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="fastmlp: an MNIST MLP from scratch, NumPy and Numba")
+    p = _Parser(prog=prog, description="fastmlp: a from-scratch MLP in NumPy and Numba, for MNIST "
+                "and for your own tables (train --data)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train a network (what scripts/train_fast.py does)")
     add_train_options(t)

@@ -47,9 +47,10 @@ __all__ = ["MLPClassifier", "DIFFERENCES"]
 DIFFERENCES = (
     ("activation", "'relu' only", "'identity', 'logistic', 'tanh', 'relu'"),
     ("solver", "'sgd', 'adam'", "also 'lbfgs' (and max_fun, its option)"),
-    ("binary problems", "a softmax output of 2 units (n_outputs_ 2, out_activation_ 'softmax'); "
-     "to_sklearn() folds it into sklearn's one logistic unit",
-     "one logistic unit (n_outputs_ 1)"),
+    ("binary problems", "a softmax output of 2 units (n_outputs_ 2, out_activation_ 'softmax'), "
+     "started as sklearn's logistic unit z (the pair (0, z): the same initial function and random "
+     "draws), then trained as a pair, so the fit is not sklearn's; to_sklearn() folds it into "
+     "one logistic unit", "one logistic unit (n_outputs_ 1)"),
     ("multilabel y", "not supported (ValueError)", "supported"),
     ("fit(sample_weight=)", "not supported", "supported"),
     ("momentum with a changing learning rate", "the velocity sums gradients and the step is "

@@ -18,7 +18,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from fastmlp import MLPClassifier
 
 
-@parametrize_with_checks([MLPClassifier()])
+# max_iter=100, as scikit-learn runs these checks on its own MLPClassifier
+# (sklearn.utils._test_common.instance_generator); otherwise the defaults
+@parametrize_with_checks([MLPClassifier(max_iter=100)])
 def test_sklearn_compatible(estimator, check):
     """Every scikit-learn estimator check passes, with no expected failures declared."""
     with warnings.catch_warnings():
@@ -341,3 +343,12 @@ def test_grid_search_on_a_dask_cluster():
     assert one.best_params_ == dask.best_params_ and one.best_score_ == dask.best_score_
     np.testing.assert_array_equal(one.cv_results_["mean_test_score"],
                                   dask.cv_results_["mean_test_score"])
+
+
+def test_readme_lists_every_difference():
+    """The README's table of differences from scikit-learn is estimator.DIFFERENCES, row by row."""
+    from pathlib import Path
+    from fastmlp.estimator import DIFFERENCES
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = text.split("| | fastmlp | scikit-learn |\n|---|---|---|\n")[1].split("\n\n")[0]
+    assert table.splitlines() == [f"| {a} | {b} | {c} |" for a, b, c in DIFFERENCES]
