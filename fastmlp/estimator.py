@@ -75,7 +75,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     Parameters are scikit-learn's MLPClassifier's (same names, defaults and meanings; see its
     documentation), plus:
 
-    backend : "numba" (default: the compiled kernels) or "reference" (plain NumPy, to read)
+    backend : "numba" (default: the compiled kernels) or "reference" (plain NumPy, to read; it
+        takes dense arrays, so sparse input is made dense for it)
     dtype : None (float32 input trains in float32, anything else in float64), "float32" or
         "float64"
     augment : bool, default False. Each epoch moves every image by up to 2 pixels in each
@@ -177,6 +178,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                              f"{self._sizes}; got {sizes} (hidden_layer_sizes="
                              f"{self.hidden_layer_sizes!r})")
         params = Params(self.coefs_, self.intercepts_)
+        if self.early_stopping:     # (after an early-stopped fit, coefs_ are _best's own arrays)
+            params = params.copy()
         if not incremental or not hasattr(self, "_state"):
             self._new_optimizer(params)
         try:
@@ -215,7 +218,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def _initialize(self, sizes, dtype):
         """scikit-learn's initialisation: Glorot uniform for ReLU, bound sqrt(6 / (fan_in +
         fan_out)) for weights and biases, drawn layer by layer from random_state."""
-
         rs = self._random_state
         binary = sizes[-1] == 2
         weights, biases = [], []

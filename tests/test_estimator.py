@@ -193,6 +193,21 @@ def test_early_stopping_keeps_the_best_epoch(digits, classes):
     np.testing.assert_allclose(clf.validation_scores_, theirs.validation_scores_)
 
 
+def test_warm_start_after_early_stopping_keeps_the_best_weights(digits):
+    """A second early-stopped fit that never beats the first's best score ends with the first
+    fit's best weights, unchanged by the training in between."""
+    X, y = digits
+    clf = quiet_fit(MLPClassifier(hidden_layer_sizes=(16,), max_iter=30, early_stopping=True,
+                                  n_iter_no_change=2, warm_start=True, random_state=0), X, y)
+    best = [W.copy() for W in clf.coefs_]
+    clf.set_params(learning_rate_init=1e-9, max_iter=4)      # no epoch can do better now
+    quiet_fit(clf, X, y)
+    assert len(clf.validation_scores_) > clf.n_iter_        # the scores of both fits
+    assert max(clf.validation_scores_[-clf.n_iter_:]) <= clf.best_validation_score_
+    for a, b in zip(clf.coefs_, best):
+        assert np.array_equal(a, b)
+
+
 def test_convergence_warning_and_stopping(digits):
     X, y = digits
     with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(2\) reached"):
