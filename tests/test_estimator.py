@@ -199,11 +199,11 @@ def test_warm_start_after_early_stopping_keeps_the_best_weights(digits):
     X, y = digits
     clf = quiet_fit(MLPClassifier(hidden_layer_sizes=(16,), max_iter=30, early_stopping=True,
                                   n_iter_no_change=2, warm_start=True, random_state=0), X, y)
-    best = [W.copy() for W in clf.coefs_]
-    clf.set_params(learning_rate_init=1e-9, max_iter=4)      # no epoch can do better now
-    quiet_fit(clf, X, y)
+    best, best_score = [W.copy() for W in clf.coefs_], clf.best_validation_score_
+    clf.set_params(learning_rate_init=0.5, max_iter=3)       # wrecks the weights: no epoch of
+    quiet_fit(clf, X, y)                                      # this fit does better
     assert len(clf.validation_scores_) > clf.n_iter_        # the scores of both fits
-    assert max(clf.validation_scores_[-clf.n_iter_:]) <= clf.best_validation_score_
+    assert max(clf.validation_scores_[-clf.n_iter_:]) < best_score == clf.best_validation_score_
     for a, b in zip(clf.coefs_, best):
         assert np.array_equal(a, b)
 
