@@ -26,52 +26,71 @@ from ._types import Opt, Steps, padded
 
 
 @njit(inline="always", **STRICT)
-def _opt_rule(w, m, v, g, opt, lr, c1, c2):
-    """One optimizer step on the 1-D arrays w (in place), with gradient g and state m, v (used as
-    the rule needs: v for momentum/nesterov, m and v for adam; otherwise untouched).
-    Each rule is its own loop, so each vectorizes."""
+def _opt_rule(w, m, v, g, opt, lr, c1, c2, wd):
+    """One optimizer step on the 1-D arrays w (in place), with gradient g plus wd * w (weight
+    decay, read on the way: no pass of its own over the arrays) and state m, v (used as the
+    rule needs: v for momentum/nesterov, m and v for adam; otherwise untouched). With wd 0 the
+    gradient is g itself, as in the reference (no 0 * w term, which would turn -0.0 into 0.0
+    and an inf weight into NaN)."""
+    if wd != 0:
+        _rule_loops(w, m, v, g, opt, lr, c1, c2, wd, True)
+    else:
+        _rule_loops(w, m, v, g, opt, lr, c1, c2, wd, False)
+
+
+@njit(inline="always", **STRICT)
+def _rule_loops(w, m, v, g, opt, lr, c1, c2, wd, decay):
+    """_opt_rule's loops, each rule its own loop so that each vectorizes; ``decay`` is a
+    constant at each of the two inlined call sites, so each gets loops without the test."""
     n = w.shape[0]
     code = opt.code
     if code == GD:
         for j in range(n):
-            w[j] -= lr * g[j]
+            gj = g[j] + wd * w[j] if decay else g[j]
+            w[j] -= lr * gj
     elif code == MOMENTUM:
         mu = opt.momentum
         for j in range(n):
-            v[j] = v[j] * mu + g[j]
+            gj = g[j] + wd * w[j] if decay else g[j]
+            v[j] = v[j] * mu + gj
             w[j] -= lr * v[j]
     elif code == NESTEROV:
         mu = opt.momentum
         for j in range(n):
-            v[j] = v[j] * mu + g[j]
-            w[j] -= lr * (g[j] + mu * v[j])
+            gj = g[j] + wd * w[j] if decay else g[j]
+            v[j] = v[j] * mu + gj
+            w[j] -= lr * (gj + mu * v[j])
     else:
         b1, ob1, b2, ob2 = opt.beta1, opt.one_minus_beta1, opt.beta2, opt.one_minus_beta2
         eps = opt.eps
         for j in range(n):
-            m[j] = m[j] * b1 + ob1 * g[j]
-            v[j] = v[j] * b2 + ob2 * g[j] * g[j]
+            gj = g[j] + wd * w[j] if decay else g[j]
+            m[j] = m[j] * b1 + ob1 * gj
+            v[j] = v[j] * b2 + ob2 * gj * gj
             w[j] -= lr * (m[j] / c1) / (np.sqrt(v[j] / c2) + eps)
+
+
+@njit(inline="always", **STRICT)
+def _no_decay(opt):
+    """0 in the working dtype (wd - wd: wd is finite), for biases, which are not decayed; a
+    literal 0.0 would be float64 and carry float32 arithmetic into float64."""
+    return opt.wd - opt.wd
 
 
 @njit(inline="always", **STRICT)
 def _update_rows(W, pW, mW, vW, opt, lr, c1, c2, k0, k1):
     """Rows k0:k1 of the optimizer step, as one flat run of numbers (the rows are contiguous):
-    the slots' partials pW[:, k0:k1] summed in slot order into slot 0's (the gradient), weight
-    decay, then the rule. m, v state rows as the rule needs."""
+    the slots' partials pW[:, k0:k1] summed in slot order into slot 0's (the gradient), then the
+    rule with weight decay. m, v state rows as the rule needs."""
     w = W[k0:k1].reshape(-1)
     g = pW[0, k0:k1].reshape(-1)
     for s in range(1, pW.shape[0]):
         gs = pW[s, k0:k1].reshape(-1)
         for j in range(g.shape[0]):
             g[j] += gs[j]
-    wd = opt.wd
-    if wd != 0:
-        for j in range(g.shape[0]):
-            g[j] += wd * w[j]
     m = mW[k0:k1].reshape(-1) if opt.code == ADAM else w
     v = vW[k0:k1].reshape(-1) if opt.code != GD else w
-    _opt_rule(w, m, v, g, opt, lr, c1, c2)
+    _opt_rule(w, m, v, g, opt, lr, c1, c2, opt.wd)
 
 
 @njit(inline="always", **STRICT)
@@ -82,7 +101,8 @@ def _update_bias(b, pb, mb, vb, opt, lr, c1, c2):
         for j in range(gb.shape[0]):
             gb[j] += pb[s, j]
     code = opt.code
-    _opt_rule(b, mb if code == ADAM else b, vb if code != GD else b, gb, opt, lr, c1, c2)
+    _opt_rule(b, mb if code == ADAM else b, vb if code != GD else b, gb, opt, lr, c1, c2,
+              _no_decay(opt))
 
 
 @njit(parallel=True, **STRICT)
@@ -108,13 +128,12 @@ def _update_all(net, grads, opt, lr, c1, c2):
     use_v = code != GD
     for l in range(net.offs.shape[0] - 1):
         w = net.W[l].reshape(-1)
-        g = grads.W[l].reshape(-1) + opt.wd * w
         m = opt.mW[l].reshape(-1) if use_m else w
         v = opt.vW[l].reshape(-1) if use_v else w
-        _opt_rule(w, m, v, g, opt, lr, c1, c2)
+        _opt_rule(w, m, v, grads.W[l].reshape(-1), opt, lr, c1, c2, opt.wd)
         b = net.b[l]
         _opt_rule(b, opt.mb[l] if use_m else b, opt.vb[l] if use_v else b, grads.b[l], opt, lr,
-                  c1, c2)
+                  c1, c2, _no_decay(opt))
 
 
 def _opt_args(params: Params, state, optimizer, lrs, t0, steps=None, **hyper):
