@@ -122,7 +122,7 @@ def table(results) -> str:
         ratios = [x["ratio"] for x in p]
         med = lambda k: statistics.median(x[k] for x in p)  # noqa: E731
         lines.append(
-            f"| {r['data']} | {r['shape']} | {100 * r['density']:.2g}% | {r['classes']} | "
+            f"| {r['data']} | {r['shape']} | {100 * r['density']:.3g}% | {r['classes']} | "
             f"{r['epochs']} | {med('fastmlp_s'):.2f} s | {med('sklearn_s'):.2f} s | "
             f"{statistics.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f}) | "
             f">= {TARGETS[r['data']]:g}x | {100 * med('fastmlp_accuracy'):.2f}% | "
