@@ -294,21 +294,28 @@ def test_onnx_export(digits):
     np.testing.assert_allclose(proba, clf.predict_proba(Xf), atol=1e-5)
 
 
-def test_grid_search_in_worker_processes():
-    """GridSearchCV with two loky worker processes: the same best parameters and score as in
-    this process (the workers load the compiled kernels from the cache)."""
+def _sweep(**options):
+    """A small grid search of MLPClassifier (GridSearchCV ``options``: n_jobs, ...)."""
     X, y = make_classification(n_samples=400, n_features=20, n_informative=8, n_classes=3,
                                random_state=0)
     grid = {"hidden_layer_sizes": [(8,), (32,)], "alpha": [1e-4, 1e-1]}
-    est = MLPClassifier(max_iter=30, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        one = GridSearchCV(est, grid, cv=3, n_jobs=1).fit(X, y)
-        two = GridSearchCV(est, grid, cv=3, n_jobs=2).fit(X, y)
-    assert one.best_params_ == two.best_params_
-    assert one.best_score_ == two.best_score_
+        return GridSearchCV(MLPClassifier(max_iter=30, random_state=0), grid, cv=3,
+                            **options).fit(X, y)
+
+
+def _assert_same_search(one, other):
+    assert one.best_params_ == other.best_params_
+    assert one.best_score_ == other.best_score_
     np.testing.assert_array_equal(one.cv_results_["mean_test_score"],
-                                  two.cv_results_["mean_test_score"])
+                                  other.cv_results_["mean_test_score"])
+
+
+def test_grid_search_in_worker_processes():
+    """GridSearchCV with two loky worker processes: the same best parameters and score as in
+    this process (the workers load the compiled kernels from the cache)."""
+    _assert_same_search(_sweep(n_jobs=1), _sweep(n_jobs=2))
 
 
 def test_bad_parameters_and_inputs(digits):
@@ -344,20 +351,12 @@ def test_grid_search_on_a_dask_cluster():
     the same best parameters and scores as in this process."""
     import joblib
     distributed = pytest.importorskip("dask.distributed", reason="the [dask] extra")
-    X, y = make_classification(n_samples=400, n_features=20, n_informative=8, n_classes=3,
-                               random_state=0)
-    grid = {"hidden_layer_sizes": [(8,), (32,)], "alpha": [1e-4, 1e-1]}
-    est = MLPClassifier(max_iter=30, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        one = GridSearchCV(est, grid, cv=3, n_jobs=1).fit(X, y)
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, \
-                distributed.Client(cluster), joblib.parallel_backend("dask"):
-            dask = GridSearchCV(est, grid, cv=3).fit(X, y)
-    assert one.best_params_ == dask.best_params_ and one.best_score_ == dask.best_score_
-    np.testing.assert_array_equal(one.cv_results_["mean_test_score"],
-                                  dask.cv_results_["mean_test_score"])
+    one = _sweep(n_jobs=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster), joblib.parallel_backend("dask"):
+        on_dask = _sweep()
+    _assert_same_search(one, on_dask)
 
 
 def test_readme_lists_every_difference():
