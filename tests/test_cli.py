@@ -46,6 +46,7 @@ def test_train_writes_model_metrics_and_figures(trained):
     assert sorted(p.name for p in trained.iterdir()) == ["figs", "metrics.json", "model.npz"]
 
 
+@pytest.mark.slow
 def test_train_fast_script_end_to_end(tmp_path):
     """The main job as a user runs it: the original preset, cut to 20 iterations."""
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_fast.py"), "--preset",

@@ -312,6 +312,7 @@ def _assert_same_search(one, other):
                                   other.cv_results_["mean_test_score"])
 
 
+@pytest.mark.slow
 def test_grid_search_in_worker_processes():
     """GridSearchCV with two loky worker processes: the same best parameters and score as in
     this process (the workers load the compiled kernels from the cache)."""

@@ -238,6 +238,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.npz"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_training_leaves_no_files(tmp_path, sig):
     out = tmp_path / "out"
@@ -261,6 +262,7 @@ def test_interrupted_training_leaves_no_files(tmp_path, sig):
 # bit for bit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [
     ["--epochs", "1", "--augment"],
     ["--backend", "reference", "--epochs", "1", "--batch-size", "512"],
@@ -279,6 +281,7 @@ def test_fastmlp_train_is_bitwise_repeatable(tmp_path, argv):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_thread_count_does_not_change_the_model(tmp_path):
     models = []
     for threads in ("1", "2"):

@@ -43,6 +43,7 @@ print(kernels.plus_one(1 if sys.argv[3] == "int" else 1.5))
 """
 
 
+@pytest.mark.slow
 def test_concurrent_saves_of_two_signatures_keep_both(tmp_path):
     (tmp_path / "kernels.py").write_text(MODULE)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
