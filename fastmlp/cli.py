@@ -184,7 +184,7 @@ def _check_outputs(args) -> None:
     and is not a regular file, a missing or unwritable directory, two outputs on one file."""
     targets = {}
     for opt, path in (("--save", args.save), ("--metrics-json", args.metrics_json),
-                      ("--history-csv", getattr(args, "history_csv", None))):
+                      ("--history-csv", args.history_csv)):
         if path is not None:
             targets[opt] = _output_file(opt, path)
             _writable_dir(targets[opt].parent, f"{opt}: directory")
@@ -223,12 +223,7 @@ def cmd_train(args) -> int:
                            f"of --data (your own table)")
     cfg = config_from_args(args)
     _check_outputs(args)
-    if args.threads is not None:
-        import numba
-        if args.threads > numba.config.NUMBA_NUM_THREADS:
-            raise CommandError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}; "
-                               f"got {args.threads}")
-        numba.set_num_threads(args.threads)
+    _set_threads(args.threads)
     t0 = time.perf_counter()
     X, y = data.load_mnist("train", args.data_dir, dataset=args.dataset, progress=not args.quiet)
     Xt, yt = data.load_mnist("test", args.data_dir, dataset=args.dataset, progress=not args.quiet)
@@ -318,6 +313,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _set_threads(threads) -> None:
+    """--threads: Numba's thread count, within what Numba started with."""
+    if threads is None:
+        return
+    import numba
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise CommandError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}; "
+                           f"got {threads}")
+    numba.set_num_threads(threads)
+
+
 def _write_history(path, columns: dict) -> None:
     """A CSV of the given columns (lists of one length; None leaves a column out), written
     atomically."""
@@ -348,9 +354,7 @@ def _train_table(args) -> int:
         raise CommandError("--optimizer gd is full-batch; with --data use sgd, momentum, "
                            "nesterov or adam")
     _check_outputs(args)
-    if args.threads is not None:
-        import numba
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    _set_threads(args.threads)
     t0 = time.perf_counter()
     X, y, names = read_table(args.data, args.target)
     load_seconds = time.perf_counter() - t0
@@ -434,23 +438,19 @@ def _train_table(args) -> int:
 
 
 def _load_model(path):
-    from .params import Params
+    """(Params, description) of a model file: one reading for both."""
+    from .params import load_model
     try:
-        return Params.load(path)
+        return load_model(path)
     except (ValueError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(f"{path}: cannot read the model file ({exc.strerror})") from None
 
 
-def _table_model(path, params):
+def _table_model(path, params, meta):
     """A model trained by ``train --data``: its description (classes, feature names, ...), or
     None for an MNIST model."""
-    from .params import load_meta
-    try:
-        meta = load_meta(path)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
     if meta.get("kind") != "table":
         return None
     if len(meta.get("classes", ())) != params.sizes[-1] or meta.get("n_features") != params.sizes[0]:
@@ -482,8 +482,8 @@ def _table_predictions(args, params, meta, labels):
 def cmd_evaluate(args) -> int:
     from . import data, jit
     from .reference import confusion_matrix
-    params = _load_model(args.model)
-    meta = _table_model(args.model, params)
+    params, meta = _load_model(args.model)
+    meta = _table_model(args.model, params, meta)
     if meta is not None or args.data is not None:
         if meta is None:
             raise CommandError(f"{args.model}: an MNIST model (no class labels or feature names "
@@ -516,8 +516,8 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from . import jit
     from .images import image_to_mnist
-    params = _load_model(args.model)
-    meta = _table_model(args.model, params)
+    params, meta = _load_model(args.model)
+    meta = _table_model(args.model, params, meta)
     if args.data is not None:
         if meta is None:
             raise CommandError(f"{args.model}: an MNIST model; --data needs a model trained with "

@@ -308,7 +308,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                           if self.augment else None)
                 lr = self._lr if self.solver == "sgd" else float(self.learning_rate_init)
                 started = time.perf_counter()
-                before = _sum_squares(params)
+                before = _sum_squares(params) if self.alpha else 0.0
                 # sklearn's L2 term is alpha / (2 n_batch) ||W||^2: its gradient alpha / n_batch W
                 losses = backend.sgd_epoch(params, self._state, Xp, yi, order[:full * batch],
                                            batch, np.full(full, lr), t0=self._steps,
@@ -326,7 +326,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 steps = full + (rem > 0)
                 self._steps += steps
                 self.epoch_seconds_.append(time.perf_counter() - started)
-                penalty = 0.5 * self.alpha * steps * (before + _sum_squares(params)) / 2
+                penalty = (0.5 * self.alpha * steps * (before + _sum_squares(params)) / 2
+                           if self.alpha else 0.0)
                 loss = (total + penalty) / n
                 if not (np.isfinite(loss) and params.all_finite()):
                     raise ValueError(f"Solver produced non-finite parameter weights (loss {loss} "

@@ -23,7 +23,7 @@ import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["Params", "init_params", "load_meta", "SCHEMES", "DTYPES", "as_dtype"]
+__all__ = ["Params", "init_params", "load_model", "load_meta", "SCHEMES", "DTYPES", "as_dtype"]
 
 SCHEMES = ("uniform", "he")
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -218,50 +218,72 @@ class Params:
         read from its .npy header inside the zip and checked against the declared sizes (within
         check_sizes' limits) before any array is read, so a small file that claims or unpacks
         to gigabytes is refused at once."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such model file")
-        if path.is_dir():
-            raise ValueError(f"{path}: a directory, not a model file (.npz written by Params.save)")
-        if not path.is_file():          # (a FIFO or a device would block, or never end)
-            raise ValueError(f"{path}: not a regular file; a model is an .npz written by "
-                             f"Params.save")
-        try:
-            _check_zip_entries(path)
-            with zipfile.ZipFile(path) as zf:
-                weights, biases, sizes, dtype = _read_model(zf)
-        except (ValueError, KeyError, OSError, TypeError, zipfile.BadZipFile, EOFError,
-                zlib.error, NotImplementedError, RuntimeError, struct.error, OverflowError) as exc:
-            # (zipfile raises NotImplementedError for an unknown compression method and
-            # RuntimeError for an encrypted member)
-            raise ValueError(f"{path}: not a fastmlp model file (.npz written by Params.save): "
-                             f"{exc}") from None
-        try:
-            params = cls(weights, biases)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: not a usable fastmlp model: {exc}") from None
-        return params
+        return _load(path, False)[0]
 
 
 def load_meta(path) -> dict:
     """The description a model file was saved with (``Params.save(path, meta)``), or {} for a
-    model saved without one. A ValueError naming the file if it is not a model file or its
-    description is not a JSON object of at most MAX_META_CHARS characters."""
-    Params.load(path)                          # (every check of a model file, first)
+    model saved without one (the whole file checked, as ``Params.load`` checks it)."""
+    return load_model(path)[1]
+
+
+def load_model(path) -> tuple:
+    """(Params, description) from a file written by ``Params.save``, in one reading: the
+    description a dict ({} if the model was saved without one). A ValueError naming the file
+    if it is not a model file or its description is not a JSON object of at most
+    MAX_META_CHARS characters."""
+    return _load(path, True)
+
+
+def _load(path, with_meta: bool):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    if path.is_dir():
+        raise ValueError(f"{path}: a directory, not a model file (.npz written by Params.save)")
+    if not path.is_file():          # (a FIFO or a device would block, or never end)
+        raise ValueError(f"{path}: not a regular file; a model is an .npz written by "
+                         f"Params.save")
     try:
+        _check_zip_entries(path)
         with zipfile.ZipFile(path) as zf:
-            if "meta.npy" not in zf.namelist():
-                return {}
-            shape, dt = _npy_header(zf, "meta")
-            if shape != () or dt.kind != "U" or dt.itemsize // 4 > MAX_META_CHARS:
-                raise ValueError(f"its description must be a JSON string of at most "
-                                 f"{MAX_META_CHARS} characters; the file says {dt.str} {shape}")
-            meta = json.loads(str(_npy_read(zf, "meta", (), "U")))
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path}: unreadable model description: {exc}") from None
+            weights, biases, sizes, dtype = _read_model(zf)
+            meta = _read_meta(path, zf) if with_meta else None
+    except (ValueError, KeyError, OSError, TypeError, zipfile.BadZipFile, EOFError,
+            zlib.error, NotImplementedError, RuntimeError, struct.error, OverflowError) as exc:
+        # (zipfile raises NotImplementedError for an unknown compression method and
+        # RuntimeError for an encrypted member)
+        raise ValueError(f"{path}: not a fastmlp model file (.npz written by Params.save): "
+                         f"{exc}") from None
+    except _Unreadable as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        params = Params(weights, biases)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: not a usable fastmlp model: {exc}") from None
+    return params, meta
+
+
+class _Unreadable(Exception):
+    """A model's description that cannot be read (reported as such, not as a bad model)."""
+
+
+def _read_meta(path, zf) -> dict:
+    """The model's description (a JSON object), or {} if it has none."""
+    if "meta.npy" not in zf.namelist():
+        return {}
+    try:
+        shape, dt = _npy_header(zf, "meta")
+        if shape != () or dt.kind != "U" or dt.itemsize // 4 > MAX_META_CHARS:
+            raise ValueError(f"its description must be a JSON string of at most "
+                             f"{MAX_META_CHARS} characters; the file says {dt.str} {shape}")
+        meta = json.loads(str(_npy_read(zf, "meta", (), "U")))
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError, zlib.error,
+            RecursionError) as exc:
+        raise _Unreadable(f"{path}: unreadable model description: {exc}") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{path}: the model's description must be a JSON object; got "
-                         f"{type(meta).__name__}")
+        raise _Unreadable(f"{path}: the model's description must be a JSON object; got "
+                          f"{type(meta).__name__}")
     return meta
 
 

@@ -121,11 +121,6 @@ def _checked(path, X, y, names):
     if X.ndim != 2 or X.dtype.kind not in "iuf":
         raise ValueError(f"{path}: the features must be a 2-D array of numbers; got {X.dtype} "
                          f"of shape {X.shape}")
-    if y is None:                        # (no labels: predict)
-        return _checked(path, X, np.zeros(len(X)), names)[0], None, names
-    y = np.asarray(y)
-    if y.ndim != 1 or len(y) != len(X):
-        raise ValueError(f"{path}: one label per row needed ({len(X)}); got shape {y.shape}")
     if len(X) < 2 or X.shape[1] < 1:
         raise ValueError(f"{path}: at least 2 rows and 1 feature needed; got {X.shape}")
     if X.dtype.kind == "f" and not np.isfinite(X).all():
@@ -133,6 +128,13 @@ def _checked(path, X, y, names):
         where = names[c] if names else f"column {c}"
         raise ValueError(f"{path}: features must be finite numbers; got {X[r, c]} at row {r}, "
                          f"{where!r}")
+    if X.dtype.kind in "iu":
+        X = X.astype(np.float64)
+    if y is None:                        # (no labels: predict)
+        return X, None, names
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(X):
+        raise ValueError(f"{path}: one label per row needed ({len(X)}); got shape {y.shape}")
     missing = np.array([v is None or (isinstance(v, float) and v != v) for v in y.tolist()])
     if missing.any():
         raise ValueError(f"{path}: every row needs a label; row {int(np.argmax(missing))} has "
@@ -141,8 +143,6 @@ def _checked(path, X, y, names):
         kinds = {type(v) for v in y.tolist()}
         if len(kinds) > 1:
             y = y.astype(str)
-    if X.dtype.kind in "iu":
-        X = X.astype(np.float64)
     return X, y, names
 
 
