@@ -62,6 +62,7 @@ _cache.install()    # before any kernel is loaded or saved: Numba's cache across
 
 from ..common import OPTIMIZERS, confusion_matrix, init_state, one_hot  # noqa: E402
 from ._options import (BAND_BYTES, BLOCK, CHUNK, KERNEL_LAYERS, LOGIT_GAP, MIN_SLOT_ROWS, NSLOTS,  # noqa: F401
+                       ROW_GROUP,
                        NSLOTS_FWD, PATIENCE, SPLIT_MAX_BATCH)
 from ._atomics import DONE, FREE, TAKEN  # noqa: F401
 from .csr import CSR, from_scipy, prepare, to_csr

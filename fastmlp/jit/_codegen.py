@@ -7,7 +7,8 @@ Legend
     idx, val   a sparse row's columns and stored values; lut turns uint8 values into floats
     p0, p1     a row's entries are p0 <= p < p1
 
-What lives here: the vector compress of a CSR row (AVX-512 only, ``_compress_ir``), the sparse
+What lives here: the vector compress of a CSR row (AVX-512: ``_compress_ir``; AVX2: the
+table-driven left-pack, ``_left_pack_ir``), the sparse
 row loops with their accumulator in vector registers (``_ir_row_loop``), the 8 x 8 register
 transposes (``_ir_tile``), a prefetch, and ``_value``/``_zero_of``, which pick code at compile
 time. Each IR function has a plain Python/Numba twin elsewhere (the one that runs without
@@ -104,6 +105,109 @@ def _compress_ir(typingctx, x, j, indices, values, p):
             j = builder.add(args[1], ir.Constant(ir.IntType(64), k))
             p = _compress_lanes(builder, xa.data, ia.data, va.data, j, p, et, lanes,
                                 isinstance(xt.dtype, types.Float))
+        return p
+    return types.int64(x, types.int64, indices, values, types.int64), codegen
+
+
+# Left-pack table: entry m (a mask of 8 lanes) holds, byte by byte, the lanes whose bit is set,
+# in increasing order (the rest 0): the permutation that moves the kept lanes to the front.
+_PACK_TABLE = [sum(lane << (8 * k) for k, lane in enumerate(l for l in range(8) if m >> l & 1))
+               for m in range(256)]
+
+
+def _pack_table(builder):
+    """The module's copy of _PACK_TABLE (256 x i64: 2 KB, stays in L1)."""
+    module = builder.module
+    name = "fastmlp.pack_table"
+    try:
+        return module.get_global(name)
+    except KeyError:
+        i64 = ir.IntType(64)
+        ty = ir.ArrayType(i64, 256)
+        g = ir.GlobalVariable(module, ty, name)
+        g.initializer = ir.Constant(ty, [ir.Constant(i64, v) for v in _PACK_TABLE])
+        g.global_constant = True
+        g.linkage = "internal"
+        return g
+
+
+def _left_pack_lanes(builder, xdata, idata, vdata, j, p, et, n, is_float):
+    """IR for n <= 8 lanes at x[j:j+n] with AVX2 (no compress instruction): mask = x != 0 as
+    bits, the table's permutation for them, a variable permute (vpermps; pshufb for bytes) that
+    moves the kept values to the front, and full-width stores of n values and n column numbers
+    at values[p:], indices[p:]. Lanes past popcount(mask) are written too (garbage, overwritten
+    by what comes next): the caller leaves room for them (see _fill_csr). Returns p +
+    popcount(mask)."""
+    i8, i16, i32, i64 = (ir.IntType(b) for b in (8, 16, 32, 64))
+    V = ir.VectorType(et, n)
+    x = builder.load(builder.bitcast(builder.gep(xdata, [j]), V.as_pointer()), align=1)
+    zero = ir.Constant(V, None)
+    mask = (builder.fcmp_unordered("!=", x, zero) if is_float          # as in _compress_lanes
+            else builder.icmp_unsigned("!=", x, zero))
+    bits = builder.zext(builder.bitcast(mask, ir.IntType(n)), i64)
+    entry = builder.load(builder.gep(_pack_table(builder), [ir.Constant(i64, 0), bits]))
+    lanes = builder.bitcast(entry, ir.VectorType(i8, 8))
+    if n < 8:
+        lanes = builder.shuffle_vector(lanes, ir.Constant(ir.VectorType(i8, 8), ir.Undefined),
+                                       ir.Constant(ir.VectorType(i32, n), list(range(n))))
+
+    def intrinsic_fn(name, ret, argtys):
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, argtys), name)
+
+    width = et.width if isinstance(et, ir.IntType) else (32 if isinstance(et, ir.FloatType) else 64)
+    if width == 8:                   # bytes: pshufb within the low 8 of 16
+        V16 = ir.VectorType(i8, 16)
+        wide = builder.shuffle_vector(x, ir.Constant(V, ir.Undefined),
+                                      ir.Constant(ir.VectorType(i32, 16), list(range(8)) * 2))
+        sel = builder.shuffle_vector(lanes, ir.Constant(ir.VectorType(i8, 8), ir.Undefined),
+                                     ir.Constant(ir.VectorType(i32, 16), list(range(8)) * 2))
+        pshufb = intrinsic_fn("llvm.x86.ssse3.pshuf.b.128", V16, [V16, V16])
+        packed = builder.shuffle_vector(builder.call(pshufb, [wide, sel]), ir.Constant(V16, ir.Undefined),
+                                        ir.Constant(ir.VectorType(i32, 8), list(range(8))))
+    else:                            # 8 float32, or 4 float64 as 8 float32 halves
+        F8, I8 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(i32, 8)
+        permps = intrinsic_fn("llvm.x86.avx2.permps", F8, [F8, I8])
+        perm = builder.zext(lanes, ir.VectorType(i32, n))
+        if width == 64:
+            two = builder.shl(perm, ir.Constant(perm.type, [1] * n))
+            twin = builder.add(two, ir.Constant(perm.type, [1] * n))
+            perm = builder.shuffle_vector(two, twin, ir.Constant(
+                ir.VectorType(i32, 8), [k // 2 + (n if k % 2 else 0) for k in range(8)]))
+        packed = builder.bitcast(builder.call(permps, [builder.bitcast(x, F8), perm]), V)
+    builder.store(packed, builder.bitcast(builder.gep(vdata, [p]), V.as_pointer()), align=1)
+    IV = ir.VectorType(i16, n)
+    j16 = builder.insert_element(ir.Constant(IV, ir.Undefined), builder.trunc(j, i16),
+                                 ir.Constant(i32, 0))
+    j16 = builder.shuffle_vector(j16, ir.Constant(IV, ir.Undefined),
+                                 ir.Constant(ir.VectorType(i32, n), [0] * n))
+    cols = builder.add(builder.zext(lanes, IV), j16)
+    builder.store(cols, builder.bitcast(builder.gep(idata, [p]), IV.as_pointer()), align=1)
+    ctpop = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(i64, [i64]), "llvm.ctpop.i64")
+    return builder.add(p, builder.call(ctpop, [bits]))
+
+
+@intrinsic
+def _left_pack_ir(typingctx, x, j, indices, values, p):
+    """_compress_chunk with AVX2: CHUNK columns in pieces of 8 lanes (4 for float64) left-packed
+    through a table (_left_pack_lanes). Writes up to CHUNK entries from p on, of which the
+    returned p says how many are kept: the caller leaves that room."""
+    for a in (x, indices, values):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"):
+            raise numba.core.errors.TypingError(
+                f"_left_pack_ir needs C-contiguous 1-D arrays; got {a}")
+
+    def codegen(context, builder, sig, args):
+        xt, _, it, vt = sig.args[:4]
+        xa, ia, va = (context.make_array(t)(context, builder, a)
+                      for t, a in ((xt, args[0]), (it, args[2]), (vt, args[3])))
+        et = context.get_value_type(xt.dtype)
+        lanes = min(8, 256 // xt.dtype.bitwidth)
+        p = args[4]
+        for k in range(0, CHUNK, lanes):
+            j = builder.add(args[1], ir.Constant(ir.IntType(64), k))
+            p = _left_pack_lanes(builder, xa.data, ia.data, va.data, j, p, et, lanes,
+                                 isinstance(xt.dtype, types.Float))
         return p
     return types.int64(x, types.int64, indices, values, types.int64), codegen
 

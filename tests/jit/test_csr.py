@@ -36,6 +36,25 @@ def test_to_csr_is_numpys_nonzero(mnist_train, dtype, n_cols):
 
 
 @pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_to_csr_rows_in_groups(dtype):
+    """Many rows, in several of _fill_csr's row groups (each on one thread, whose vector chunks
+    may write past a row's own entries into the next row's): rows from empty to full, many of
+    them with fewer entries than a chunk, so that a chunk's extra writes reach several rows on;
+    every entry against NumPy's."""
+    rng = np.random.default_rng(7)
+    n = 3 * J.ROW_GROUP + 5
+    density = rng.choice([0.0, 0.02, 0.1, 0.5, 1.0], size=(n, 1))
+    X = (rng.random((n, 53)) < density) * rng.integers(1, 256, size=(n, 53))
+    X = X.astype(dtype)
+    C = J.to_csr(X)
+    rows, cols = np.nonzero(X)
+    assert np.array_equal(C.indptr, np.r_[0, np.cumsum(np.bincount(rows, minlength=n))])
+    assert np.array_equal(C.indices, cols)
+    assert np.array_equal(C.values, X[rows, cols])
+
+
+@pytest.mark.small
 @pytest.mark.parametrize("X, dtype, msg", [
     (np.ones((2, 3), np.int32), None, "X must hold uint8 pixels or float32/float64 values; got int32"),
     (np.ones((2, 3), bool), None, "got bool"),
