@@ -8,8 +8,8 @@ Option sets (each kernel takes one of them, never options of its own):
             of partials, anything whose bits must equal the public ``update``'s
     LEAF    FAST compiled with every array argument ``noalias`` (_NoAliasCompiler)
 
-Constants read inside compiled code (BLOCK, CHUNK, ROW_GROUP, AHEAD, NSLOTS_FWD, LOGIT_GAP) are frozen into
-the machine code when it is compiled: change them here and clear Numba's cache. Those read by
+Constants read inside compiled code (BLOCK, CHUNK, ROW_GROUP, UPDATE_ROWS, AHEAD, NSLOTS_FWD,
+LOGIT_GAP) are frozen into the machine code when it is compiled: change them here and clear Numba's cache. Those read by
 the Python wrappers (NSLOTS, MIN_SLOT_ROWS, SPLIT_MAX_BATCH, BAND_BYTES, PATIENCE, KERNEL_LAYERS,
 COMPILE_IN_CHILDREN) are looked up at every call, so a test may patch them on this module.
 """
@@ -48,6 +48,7 @@ NSLOTS_FWD = 4       # row ranges for forward-only kernels (two per core; 16 cos
 AHEAD = 4            # rows ahead for prefetching a mini-batch's entries (_block_entries)
 CHUNK = 16           # columns per step of the CSR compression (_fill_csr)
 ROW_GROUP = 256      # rows per task of the CSR compression, in order on one thread (_fill_csr)
+UPDATE_ROWS = 8      # weight rows per call of the optimizer rule in the full-batch update
 # Logits this far below their column's largest give a probability below the largest one's by
 # thousands of units in the last place, whatever rounding exp and the division do.
 LOGIT_GAP = 2.0 ** -16

@@ -21,7 +21,7 @@ from numba import njit, prange
 from ..params import Params
 from .._validate import check_optimizer
 from ..hyper import ADAM, GD, MOMENTUM, NESTEROV, OPTIMIZER_TABLE
-from ._options import STRICT
+from ._options import STRICT, UPDATE_ROWS
 from ._types import Opt, Steps, padded
 
 
@@ -31,38 +31,43 @@ def _opt_rule(w, m, v, g, opt, lr, c1, c2, wd):
     decay, read on the way: no pass of its own over the arrays) and state m, v (used as the
     rule needs: v for momentum/nesterov, m and v for adam; otherwise untouched). With wd 0 the
     gradient is g itself, as in the reference (no 0 * w term, which would turn -0.0 into 0.0
-    and an inf weight into NaN)."""
+    and an inf weight into NaN). The rules themselves are _rule, one compiled function that
+    every update calls (inlined at each call site, their loops made every kernel that updates
+    several times larger to compile), taking Opt's numbers rather than the Opt: its tuples of
+    state arrays would be passed value by value at every call."""
+    _rule(w, m, v, g, opt.code, opt.momentum, opt.beta1, opt.one_minus_beta1, opt.beta2,
+          opt.one_minus_beta2, opt.eps, lr, c1, c2, wd)
+
+
+@njit(**STRICT)
+def _rule(w, m, v, g, code, mu, b1, ob1, b2, ob2, eps, lr, c1, c2, wd):
+    """_opt_rule's work: the loops with weight decay, or without it when wd is 0."""
     if wd != 0:
-        _rule_loops(w, m, v, g, opt, lr, c1, c2, wd, True)
+        _rule_loops(w, m, v, g, code, mu, b1, ob1, b2, ob2, eps, lr, c1, c2, wd, True)
     else:
-        _rule_loops(w, m, v, g, opt, lr, c1, c2, wd, False)
+        _rule_loops(w, m, v, g, code, mu, b1, ob1, b2, ob2, eps, lr, c1, c2, wd, False)
 
 
 @njit(inline="always", **STRICT)
-def _rule_loops(w, m, v, g, opt, lr, c1, c2, wd, decay):
-    """_opt_rule's loops, each rule its own loop so that each vectorizes; ``decay`` is a
+def _rule_loops(w, m, v, g, code, mu, b1, ob1, b2, ob2, eps, lr, c1, c2, wd, decay):
+    """_rule's loops, each rule its own loop so that each vectorizes; ``decay`` is a
     constant at each of the two inlined call sites, so each gets loops without the test."""
     n = w.shape[0]
-    code = opt.code
     if code == GD:
         for j in range(n):
             gj = g[j] + wd * w[j] if decay else g[j]
             w[j] -= lr * gj
     elif code == MOMENTUM:
-        mu = opt.momentum
         for j in range(n):
             gj = g[j] + wd * w[j] if decay else g[j]
             v[j] = v[j] * mu + gj
             w[j] -= lr * v[j]
     elif code == NESTEROV:
-        mu = opt.momentum
         for j in range(n):
             gj = g[j] + wd * w[j] if decay else g[j]
             v[j] = v[j] * mu + gj
             w[j] -= lr * (gj + mu * v[j])
     else:
-        b1, ob1, b2, ob2 = opt.beta1, opt.one_minus_beta1, opt.beta2, opt.one_minus_beta2
-        eps = opt.eps
         for j in range(n):
             gj = g[j] + wd * w[j] if decay else g[j]
             m[j] = m[j] * b1 + ob1 * gj
@@ -109,14 +114,15 @@ def _update_bias(b, pb, mb, vb, opt, lr, c1, c2):
 def _update_from_slots(net, part, opt, lr, c1, c2):
     """The optimizer step fused with the sum of the slot partials, row by row (_update_rows).
     No separate gradient array is written; the next step's slots zero their partials.
-    prange over weight rows: each thread owns its rows."""
+    prange over runs of UPDATE_ROWS weight rows: each thread owns its rows."""
     code, mWs, mbs, vWs, vbs, mu, b1, ob1, b2, ob2, eps, wd = opt   # (no tuple inside a tuple
     for l in range(net.offs.shape[0] - 1):                          # into a prange: see _types)
         W, pW, mW, vW = net.W[l], part.W[l], mWs[l], vWs[l]
-        for i in prange(W.shape[0]):
-            k = np.int64(i)                  # (see slots._slots_kernel)
+        nrows = W.shape[0]
+        for i in prange((nrows + UPDATE_ROWS - 1) // UPDATE_ROWS):
+            k = np.int64(i) * UPDATE_ROWS    # (see slots._slots_kernel)
             _update_rows(W, pW, mW, vW, Opt(code, mWs, mbs, vWs, vbs, mu, b1, ob1, b2, ob2, eps, wd),
-                         lr, c1, c2, k, k + 1)
+                         lr, c1, c2, k, min(nrows, k + UPDATE_ROWS))
         _update_bias(net.b[l], part.b[l], mbs[l], vbs[l], opt, lr, c1, c2)
 
 

@@ -30,7 +30,7 @@ from .optim import _update_from_slots
 from ._types import Grads, Net, Scratch
 
 
-@njit(**FAST)
+@njit(inline="always", **FAST)
 def _block_forward(AT, zrow, net, X, rng, idx, val, bands, rows, b0, nb):
     """Forward one block (its inputs found by _block_entries, the CSR's rows rows[b0:b0+nb])
     through the network. With bands (_band_cuts; none if it has no rows, and none for shifted
@@ -49,7 +49,7 @@ def _block_forward(AT, zrow, net, X, rng, idx, val, bands, rows, b0, nb):
     _block_forward_dense(net.W, net.b, nb, offs, AT)
 
 
-@njit(**FAST)
+@njit(inline="always", **FAST)
 def _block_backward(part, dzrow, net, X, rng, idx, val, AT, dZT, s, nb):
     """Add the block's gradients into slot s of the partials, from dZT (the output layer's
     dL/dZ, feature-major) down to the first layer. Layers in reverse order of the forward pass:
@@ -82,7 +82,7 @@ def _alloc_scratch(net, X, nslots):
                    np.empty((nslots, cap), dtype=X.values.dtype))
 
 
-@njit(**FAST)
+@njit(inline="always", **FAST)
 def _slot_grads(part, scr, net, X, y, rows, shifts, bands, inv_n, s, r0, r1):
     """Forward and backward rows[r0:r1], block by block, into slot s of the partials.
     Returns the slot's summed cross-entropy (float64).
@@ -208,7 +208,7 @@ def _forward_slots(outs, labels, scr, net, X, bands, proba):
                        (n * s) // nslots, (n * (s + 1)) // nslots)
 
 
-@njit(**FAST)
+@njit(inline="always", **FAST)
 def _forward_range(outs, labels, scr, net, X, rows, bands, proba, s, r0, r1):
     """_forward_kernel's work on rows r0:r1, with slot s's scratch."""
     offs = net.offs

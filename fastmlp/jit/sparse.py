@@ -120,7 +120,7 @@ def _sparse_matmul_bands(Z, W, b, rng, cuts, rows, r0, idx, val, lut, nrows):
             _sparse_row(Z[t], W, Z[t], idx, val, lut, cuts[k - 1, i], p1, W.shape[1])
 
 
-@njit(**FAST)
+@njit(inline="always", **FAST)
 def _first_layer(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows):
     """The block's sparse first layer: in pixel bands if there are any (_band_cuts gives them
     only to compiled code), else row by row."""

@@ -74,7 +74,7 @@ def _halves(h, jsplit, n_in):
     return (0, jsplit) if h == 0 else (jsplit, n_in)
 
 
-@njit(**FAST)
+@njit(inline="always", **FAST)
 def _forward_half(sp, net, X, rows, shifts, h):
     """Phase 1 of the split step, half h's part: find, for every row of the batch, the non-zero
     pixels in h's own pixel range, and multiply them by h's own rows of W1: sp.zpart[h]
@@ -88,7 +88,7 @@ def _forward_half(sp, net, X, rows, shifts, h):
     _sparse_matmul(sp.zpart[h], net.W[0], sp.zero_b, sp.rng[h], idx, val, X.lut, n)
 
 
-@njit(**FAST)
+@njit(inline="always", **FAST)
 def _dense_half(part, scr, sp, net, y, rows, inv_n, h):
     """Phase 2, half h: half h of the batch's rows, block by block: the first layer's output
     (the two halves' partial products plus the bias), the dense layers, the loss, their backward
@@ -115,7 +115,7 @@ def _dense_half(part, scr, sp, net, y, rows, inv_n, h):
     return loss
 
 
-@njit(**STRICT)
+@njit(inline="always", **STRICT)
 def _update_half(net, sp, opt, X, shifts, lr, c1, c2, h, n):
     """Phase 3, half h: the first layer's weight gradient for h's own pixel rows (the sparse
     x.T @ dz over the batch's n rows, in row order) and the optimizer step of those rows.
@@ -129,7 +129,7 @@ def _update_half(net, sp, opt, X, shifts, lr, c1, c2, h, n):
     _update_rows(W1, sp.gW1, opt.mW[0], opt.vW[0], opt, lr, c1, c2, j0, j1)
 
 
-@njit(**STRICT)
+@njit(inline="always", **STRICT)
 def _update_small(net, part, opt, lr, c1, c2):
     """Phase 3's third task: the optimizer step of the layers after the first and of every
     bias, from the two slots' partials. Whichever thread is free first runs it."""
@@ -160,7 +160,7 @@ def _update_small(net, part, opt, lr, c1, c2):
 # outputs do not depend on which thread runs it, the results are the same bits whoever runs
 # what.
 
-@njit(**STRICT)
+@njit(inline="always", **STRICT)
 def _split_task(halfloss, net, part, opt, scr, sp, steps, X, y, perm, shifts, inv_ns, batch, t, k):
     """Run task t (phase t, see above) of half k."""
     n = perm.shape[0]
