@@ -10,7 +10,10 @@ this again when the kernels change.
     python scripts/bench_docs.py --skip-pytest --repeats 11  # bench_numba.py only, more pairs
 
 Each --cpu other than "host" runs bench_numba.py with NUMBA_CPU_NAME set and a Numba cache of its
-own, so Numba compiles the kernels for that CPU (e.g. haswell or znver3: AVX2, no AVX-512).
+own, so Numba compiles the kernels for that CPU (e.g. haswell or znver3: AVX2, no AVX-512). For a
+CPU without AVX-512 it also sets NUMBA_CPU_FEATURES: the host's features with AVX-512's turned
+off, since Numba's JIT passes the host's features to LLVM whatever the CPU name, and the name
+alone would still compile AVX-512 code on an AVX-512 host.
 Needs FASTMLP_DATA (or the data in the user cache), like the benchmarks themselves.
 """
 
@@ -48,6 +51,21 @@ def commit() -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
+# x86-64 CPUs (LLVM's names) with AVX2 and no AVX-512: the code paths of the AVX2 machines
+AVX2_CPUS = {"haswell", "broadwell", "skylake", "alderlake", "znver1", "znver2", "znver3"}
+
+
+def llvm_host_features() -> str:
+    from llvmlite import binding
+    return binding.get_host_cpu_features().flatten()
+
+
+def without_avx512(features: str) -> str:
+    """An LLVM feature string (+a,-b,...) with every AVX-512 feature turned off."""
+    return ",".join("-" + f[1:] if f[1:].startswith("avx512") else f
+                    for f in features.split(",") if f)
+
+
 def demote(markdown: str) -> str:
     """bench_numba.py's '# ' title becomes a '### ' heading inside this page."""
     return "\n".join("##" + line if line.startswith("# ") else line
@@ -77,10 +95,13 @@ def main(argv=None):
         if cpu != "host":
             cache = tempfile.TemporaryDirectory(prefix=f"numba-{cpu}-")
             env.update(NUMBA_CPU_NAME=cpu, NUMBA_CACHE_DIR=cache.name)
+            if cpu in AVX2_CPUS:
+                env["NUMBA_CPU_FEATURES"] = without_avx512(llvm_host_features())
         out = run([sys.executable, ROOT / "scripts" / "bench_numba.py", "--repeats",
                    str(args.repeats)], env)
         title = "this CPU" if cpu == "host" else f"compiled for {cpu} (NUMBA_CPU_NAME={cpu})"
-        flag = "" if cpu == "host" else f"NUMBA_CPU_NAME={cpu} NUMBA_CACHE_DIR=<empty dir> "
+        flag = "" if cpu == "host" else f"NUMBA_CPU_NAME={cpu} NUMBA_CACHE_DIR=<empty dir> " + (
+            "NUMBA_CPU_FEATURES=<the host's, without AVX-512> " if cpu in AVX2_CPUS else "")
         sections.append(f"## numba vs reference, {title}\n\n"
                         f"    {flag}python scripts/bench_numba.py --repeats {args.repeats}\n\n"
                         + demote(out) + "\n")

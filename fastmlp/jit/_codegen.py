@@ -84,29 +84,36 @@ def _compress_lanes(builder, xdata, idata, vdata, j, p, et, n, is_float):
     return builder.add(p, count)
 
 
-@intrinsic
-def _compress_ir(typingctx, x, j, indices, values, p):
-    """_compress_chunk in AVX-512 registers: CHUNK columns as 512-bit vectors (16 float32 or
-    uint8 lanes, or two vectors of 8 float64: LLVM's code for one 16-lane float64 compress
-    fails in LLVM's code generation)."""
+def _chunk_intrinsic(name, x, indices, values, lanes, pack):
+    """The typing and code shared by the chunk compressions (_compress_ir, _left_pack_ir):
+    CHUNK columns from j, in pieces of lanes(dtype) lanes, each written by pack (the IR of
+    _compress_lanes or _left_pack_lanes); the code returns p plus the entries kept."""
     for a in (x, indices, values):
         if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"):
-            raise numba.core.errors.TypingError(
-                f"_compress_ir needs C-contiguous 1-D arrays; got {a}")
+            raise numba.core.errors.TypingError(f"{name} needs C-contiguous 1-D arrays; got {a}")
 
     def codegen(context, builder, sig, args):
         xt, _, it, vt = sig.args[:4]
         xa, ia, va = (context.make_array(t)(context, builder, a)
                       for t, a in ((xt, args[0]), (it, args[2]), (vt, args[3])))
         et = context.get_value_type(xt.dtype)
-        lanes = min(CHUNK, 512 // xt.dtype.bitwidth)
+        n = lanes(xt.dtype)
         p = args[4]
-        for k in range(0, CHUNK, lanes):
+        for k in range(0, CHUNK, n):
             j = builder.add(args[1], ir.Constant(ir.IntType(64), k))
-            p = _compress_lanes(builder, xa.data, ia.data, va.data, j, p, et, lanes,
-                                isinstance(xt.dtype, types.Float))
+            p = pack(builder, xa.data, ia.data, va.data, j, p, et, n,
+                     isinstance(xt.dtype, types.Float))
         return p
     return types.int64(x, types.int64, indices, values, types.int64), codegen
+
+
+@intrinsic
+def _compress_ir(typingctx, x, j, indices, values, p):
+    """_compress_chunk in AVX-512 registers: CHUNK columns as 512-bit vectors (16 float32 or
+    uint8 lanes, or two vectors of 8 float64: LLVM's code for one 16-lane float64 compress
+    fails in LLVM's code generation)."""
+    return _chunk_intrinsic("_compress_ir", x, indices, values,
+                            lambda dt: min(CHUNK, 512 // dt.bitwidth), _compress_lanes)
 
 
 # Left-pack table: entry m (a mask of 8 lanes) holds, byte by byte, the lanes whose bit is set,
@@ -192,24 +199,8 @@ def _left_pack_ir(typingctx, x, j, indices, values, p):
     """_compress_chunk with AVX2: CHUNK columns in pieces of 8 lanes (4 for float64) left-packed
     through a table (_left_pack_lanes). Writes up to CHUNK entries from p on, of which the
     returned p says how many are kept: the caller leaves that room."""
-    for a in (x, indices, values):
-        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"):
-            raise numba.core.errors.TypingError(
-                f"_left_pack_ir needs C-contiguous 1-D arrays; got {a}")
-
-    def codegen(context, builder, sig, args):
-        xt, _, it, vt = sig.args[:4]
-        xa, ia, va = (context.make_array(t)(context, builder, a)
-                      for t, a in ((xt, args[0]), (it, args[2]), (vt, args[3])))
-        et = context.get_value_type(xt.dtype)
-        lanes = min(8, 256 // xt.dtype.bitwidth)
-        p = args[4]
-        for k in range(0, CHUNK, lanes):
-            j = builder.add(args[1], ir.Constant(ir.IntType(64), k))
-            p = _left_pack_lanes(builder, xa.data, ia.data, va.data, j, p, et, lanes,
-                                 isinstance(xt.dtype, types.Float))
-        return p
-    return types.int64(x, types.int64, indices, values, types.int64), codegen
+    return _chunk_intrinsic("_left_pack_ir", x, indices, values,
+                            lambda dt: min(8, 256 // dt.bitwidth), _left_pack_lanes)
 
 
 def _zero_of(a):
