@@ -692,8 +692,10 @@ def run(command, args, prog) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    from ._signals import catching_interrupts
     try:
-        return _run(command, args, prog)
+        with catching_interrupts():
+            return _run(command, args, prog)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

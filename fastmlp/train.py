@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import reference
+from ._signals import raise_if_interrupted
 from .common import init_state
 from .hyper import OPTIMIZERS, RANGES
 from .params import Params, init_params, check_sizes, SCHEMES, DTYPES
@@ -305,6 +306,7 @@ def _full_batch(cfg, backend, params, state, hyper, Xtr, ytr, record, progress) 
         losses = backend.gd_steps(params, state, Xtr, ytr, lrs[done:done + k], t0=done,
                                   optimizer=cfg.optimizer, **hyper)
         train_time += time.perf_counter() - t
+        raise_if_interrupted()
         first_loss = losses[0] if first_loss is None else first_loss
         _check_diverged(losses, params, "iteration", lrs[done:done + k], done, first_loss)
         done += k
@@ -343,6 +345,7 @@ def _epochs(cfg, backend, params, state, hyper, Xtr, ytr, Xva, record, result, p
                                    lrs[s0:s0 + steps_per_epoch], t0=s0,
                                    optimizer=cfg.optimizer, shifts=shifts, **hyper)
         train_time += time.perf_counter() - t
+        raise_if_interrupted()
         first_loss = losses[0] if first_loss is None else first_loss
         _check_diverged(losses, params, f"epoch {epoch + 1}, step", lrs[s0:s0 + steps_per_epoch],
                         0, first_loss)

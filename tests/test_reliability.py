@@ -251,11 +251,29 @@ def test_interrupted_training_leaves_no_files(tmp_path, sig):
     time.sleep(6)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode != 0, err[-2000:]
     files = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert files == []
     if sig == signal.SIGINT:
         assert "Traceback" not in err and "interrupted" in err
+
+
+def test_an_interrupt_swallowed_on_the_way_is_raised_again():
+    """A Ctrl-C whose KeyboardInterrupt lands in code that swallows it (as Python does with a
+    weakref callback's exceptions) is raised again by the training loops' check, inside the
+    CLI's catching_interrupts(); outside it, and before any SIGINT, the check does nothing."""
+    from fastmlp import _signals
+    _signals.raise_if_interrupted()
+    with _signals.catching_interrupts():
+        _signals.raise_if_interrupted()
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass                                    # swallowed
+        with pytest.raises(KeyboardInterrupt):
+            _signals.raise_if_interrupted()
+    _signals.raise_if_interrupted()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # ----------------------------------------------------------------------------------------------
