@@ -4,14 +4,16 @@ leaves speed on the table, and the compile-time helpers the kernels use to choos
 Legend
 ------
     H          a row's width in floats (the first hidden layer's, 72 by default)
-    idx, val   a sparse row's columns and stored values; lut turns uint8 values into floats
+    idx        a sparse row's columns
+    pix, val   its stored values: uint8 pixels read through lut (a CSR of pixels, whose lut is
+               not empty), or floats (val; pix is then empty): one compiled kernel for both
     p0, p1     a row's entries are p0 <= p < p1
 
 What lives here: the vector compress of a CSR row (AVX-512: ``_compress_ir``; AVX2: the
 table-driven left-pack, ``_left_pack_ir``), the sparse
 row loops with their accumulator in vector registers (``_ir_row_loop``), the 8 x 8 register
-transposes (``_ir_tile``), a prefetch, and ``_value``/``_zero_of``, which pick code at compile
-time. Each IR function has a plain Python/Numba twin elsewhere (the one that runs without
+transposes (``_ir_tile``), a prefetch, ``_value`` (an entry's input value) and ``_zero_of``,
+which picks code at compile time. Each IR function has a plain Python/Numba twin elsewhere (the one that runs without
 the JIT and on other targets), and produces the same bits as that twin.
 """
 
@@ -241,18 +243,12 @@ def _prefetch_impl(a, i):
     return lambda a, i: _prefetch_intrinsic(a, i)
 
 
-def _value(val, lut, p):
-    """The p-th input value: lut[val[p]] for uint8 pixels, val[p] for floats. Compiled code uses
-    the overload below, which makes this choice at compile time; this body runs only under
-    NUMBA_DISABLE_JIT=1."""
-    return lut[val[p]] if val.dtype.kind == "u" else val[p]
-
-
-@overload(_value, jit_options=dict(inline="always", **FAST))
-def _value_impl(val, lut, p):
-    if isinstance(val.dtype, numba.types.Integer):
-        return lambda val, lut, p: lut[val[p]]
-    return lambda val, lut, p: val[p]
+@numba.njit(inline="always", **FAST)
+def _value(pix, val, lut, p):
+    """The p-th input value: lut[pix[p]] for a CSR of uint8 pixels, else val[p]. A test at run
+    time (the same outcome for a whole kernel call, so the branch is always predicted) rather
+    than a compiled variant per kind: every kernel compiles once per dtype, not twice."""
+    return lut[pix[p]] if lut.shape[0] != 0 else val[p]
 
 
 # The sparse first layer. Each row is one LLVM-IR loop written out below (_ir_row_loop), whose
@@ -265,11 +261,11 @@ PANEL_VECTORS = 14   # accumulator registers per pass over a row's entries (of 1
 def _ir_row_loop(context, builder, sig, args, outer):
     """LLVM IR for one sparse row of a layer of width H (a run-time int, the last argument), in
     vector chunks of 32 bytes (8 float32 or 4 float64: a ymm register each). Arguments
-    (z, W, b_or_d, idx, val, lut, p0, p1, H), all arrays C-contiguous.
+    (z, W, b_or_d, idx, pix, val, lut, p0, p1, H), all arrays C-contiguous.
 
     outer=False (forward): acc = b; for p in [p0, p1): acc += x_p * W[idx[p]]; z[:] = acc.
     outer=True (gradient): d = b_or_d; for p in [p0, p1): W[idx[p]] += x_p * d (z unused).
-    x_p is lut[val[p]] for integer val, else val[p]. Each multiply-add is llvm.fmuladd (fused
+    x_p is lut[pix[p]] if lut is not empty, else val[p] (_value). Each multiply-add is llvm.fmuladd (fused
     where the CPU can), in entry order, so every element's bits depend on nothing but its own
     chain of entries: not on H, not on how the row is cut into passes.
 
@@ -283,8 +279,8 @@ def _ir_row_loop(context, builder, sig, args, outer):
     compilation. 14 accumulators leave a register for the broadcast x (the weights are read
     by the multiply-adds themselves): width 100 float32 (13 vectors) runs in one pass, 6%
     faster than in two of 12."""
-    arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:6], args[:6])]
-    za, Wa, ba, ia, va, la = arrs
+    arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:7], args[:7])]
+    za, Wa, ba, ia, xa, va, la = arrs
     dtype = sig.args[1].dtype
     bits = dtype.bitwidth
     ft = context.get_value_type(dtype)
@@ -294,7 +290,7 @@ def _ir_row_loop(context, builder, sig, args, outer):
     R = PANEL_VECTORS
     V = ir.VectorType(ft, c)
     M = ir.VectorType(ir.IntType(1), c)
-    p0, p1, H = args[6], args[7], args[8]
+    p0, p1, H = args[7], args[8], args[9]
 
     def const(v):
         return ir.Constant(i64, v)
@@ -372,6 +368,25 @@ def _ir_row_loop(context, builder, sig, args, outer):
         ir.Constant(ir.VectorType(i64, c), ir.Undefined),
         ir.Constant(ir.VectorType(i32, c), [0] * c))
     tail_mask = builder.icmp_signed("<", lanes, remv)        # the lanes of the partial vector
+    pixels = builder.icmp_signed("!=", la.nitems, const(0))  # the kind of values (_value)
+
+    def value(p):
+        """_value(pix, val, lut, p): a branch on the kind, whose two sides are one load apart."""
+        from_lut, from_val, join = (builder.append_basic_block(f"value.{part}")
+                                    for part in ("lut", "val", "join"))
+        builder.cbranch(pixels, from_lut, from_val)
+        builder.position_at_end(from_lut)
+        x_lut = builder.load(builder.gep(la.data, [builder.zext(
+            builder.load(builder.gep(xa.data, [p])), i64)]))
+        builder.branch(join)
+        builder.position_at_end(from_val)
+        x_val = builder.load(builder.gep(va.data, [p]))
+        builder.branch(join)
+        builder.position_at_end(join)
+        x = builder.phi(ft)
+        x.add_incoming(x_lut, from_lut)
+        x.add_incoming(x_val, from_val)
+        return x
 
     q, entry, phead, pbody, pdone = loop_head("pass", const(0))           # q: the pass
     pnext = builder.append_basic_block("pass.next")
@@ -410,9 +425,7 @@ def _ir_row_loop(context, builder, sig, args, outer):
         builder.cbranch(builder.icmp_signed("<", p, p1), body, done)
         builder.position_at_end(body)
         j = builder.zext(builder.load(builder.gep(ia.data, [p])), i64)
-        x = builder.load(builder.gep(va.data, [p]))
-        if isinstance(sig.args[4].dtype, types.Integer):
-            x = builder.load(builder.gep(la.data, [builder.zext(x, i64)]))
+        x = value(p)
         xs = splat(x)
         wrow = builder.gep(wdata, [builder.mul(j, H, flags=["nsw", "nuw"])])
         new = []
@@ -445,22 +458,22 @@ def _ir_row_loop(context, builder, sig, args, outer):
     return context.get_dummy_value()
 
 
-def _row_signature(z, W, b, idx, val, lut, p0, p1, width):
-    for a in (z, W, b, idx, val, lut):
+def _row_signature(z, W, b, idx, pix, val, lut, p0, p1, width):
+    for a in (z, W, b, idx, pix, val, lut):
         if not (isinstance(a, types.Array) and a.layout == "C"):
             raise numba.core.errors.TypingError(f"_row_ir needs C-contiguous arrays; got {a}")
-    return types.void(z, W, b, idx, val, lut, types.int64, types.int64, types.int64)
+    return types.void(z, W, b, idx, pix, val, lut, types.int64, types.int64, types.int64)
 
 
 @intrinsic
-def _row_ir_forward(typingctx, z, W, b, idx, val, lut, p0, p1, width):
-    return _row_signature(z, W, b, idx, val, lut, p0, p1, width), (
+def _row_ir_forward(typingctx, z, W, b, idx, pix, val, lut, p0, p1, width):
+    return _row_signature(z, W, b, idx, pix, val, lut, p0, p1, width), (
         lambda context, builder, sig, args: _ir_row_loop(context, builder, sig, args, False))
 
 
 @intrinsic
-def _row_ir_outer(typingctx, z, W, d, idx, val, lut, p0, p1, width):
-    return _row_signature(z, W, d, idx, val, lut, p0, p1, width), (
+def _row_ir_outer(typingctx, z, W, d, idx, pix, val, lut, p0, p1, width):
+    return _row_signature(z, W, d, idx, pix, val, lut, p0, p1, width), (
         lambda context, builder, sig, args: _ir_row_loop(context, builder, sig, args, True))
 
 

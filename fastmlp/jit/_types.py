@@ -86,7 +86,8 @@ class Scratch(NamedTuple):
     col: np.ndarray         # (nslots, 2, BLOCK): the softmax's column max [0] and sum [1]
     rng: np.ndarray         # (nslots, 2, BLOCK) int64: each block row's entry range
     idx: np.ndarray         # (nslots, cap) uint16: a block's shifted entries (augmentation)
-    val: np.ndarray         # (nslots, cap): their values
+    pix: np.ndarray         # (nslots, cap) uint8: their pixels, for a CSR of pixels (else cap 0)
+    val: np.ndarray         # (nslots, cap): their float values, for a CSR of floats (else cap 0)
 
 
 class Split(NamedTuple):
@@ -95,7 +96,8 @@ class Split(NamedTuple):
     cut: np.ndarray         # int64 (n,): each CSR row's first entry at a pixel >= jsplit
     rng: np.ndarray         # (2, 2, batch) int64: the batch rows' entry ranges in each half
     idx: np.ndarray         # (2, cap) uint16: shifted entries of each half (augmentation)
-    val: np.ndarray         # (2, cap)
+    pix: np.ndarray         # (2, cap) uint8 for a CSR of pixels (else cap 0)
+    val: np.ndarray         # (2, cap) floats for a CSR of floats (else cap 0)
     zpart: np.ndarray       # (2, batch, H): each half's partial first-layer product (no bias)
     dz1: np.ndarray         # (batch, H): the batch's first-layer dL/dZ, row-major
     gW1: np.ndarray         # (1, n_in, H): the first layer's weight gradient

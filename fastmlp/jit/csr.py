@@ -8,6 +8,10 @@ Legend
     values   uint8 pixels (nnz,) read through lut (pixel / 255 in the working dtype), or floats
     lut      float32/float64 (256,) for uint8 values, else empty
 
+The kernels read a ``KernelCSR``: the same arrays, with uint8 pixels and float values in
+separate fields, so that both kinds of CSR have one Numba type per dtype and every kernel
+compiles once for them (``_value`` in _codegen picks the field at run time).
+
 ``_count_nonzero_rows``, ``_fill_csr`` and ``_row_cuts`` prange over rows (each owns its own
 output slots).
 """
@@ -82,6 +86,32 @@ class CSR(_CSRFields):
     def density(self):
         n = len(self)
         return len(self.values) / max(1, n * self.n_cols)
+
+
+class KernelCSR(NamedTuple):
+    """A CSR as the kernels read it (_Entry.kernel), in writable arrays:
+
+    indptr, indices, n_cols   the CSR's
+    pixels  uint8 (nnz,) for a CSR of pixels, else empty
+    values  float32/float64 (nnz,) for a CSR of floats, else empty, of the lut's dtype
+    lut     the CSR's: (256,) for pixels, empty for floats (so ``len(lut) != 0`` tells the kind)
+    """
+    indptr: np.ndarray
+    indices: np.ndarray
+    pixels: np.ndarray
+    values: np.ndarray
+    lut: np.ndarray
+    n_cols: int
+
+    def __len__(self):
+        return len(self.indptr) - 1
+
+
+def _kernel_csr(indptr, indices, values, lut, n_cols) -> KernelCSR:
+    """The KernelCSR of a CSR's fields (the arrays themselves, not copies)."""
+    if values.dtype == np.uint8:
+        return KernelCSR(indptr, indices, values, np.zeros(0, lut.dtype), lut, n_cols)
+    return KernelCSR(indptr, indices, np.zeros(0, np.uint8), values, lut, n_cols)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,9 +241,8 @@ def _compress(X, dtype, find_finite: bool, pixels: bool = True) -> CSR:
     else:
         lut = np.zeros(0, dtype=X.dtype)
         finite = not bad.any() if find_finite else None    # None: found when first asked
-    kernel = CSR(indptr, indices, values, lut, X.shape[1])
-    csr = CSR(*(_read_only(a) for a in kernel[:4]), X.shape[1])
-    _remember(csr, finite, kernel)
+    csr = CSR(*(_read_only(a) for a in (indptr, indices, values, lut)), X.shape[1])
+    _remember(csr, finite, _kernel_csr(indptr, indices, values, lut, X.shape[1]))
     return csr
 
 
@@ -237,9 +266,10 @@ def from_scipy(A, dtype) -> CSR:
     if not A.has_canonical_format:
         A = A.copy()
         A.sum_duplicates()
-    kernel = CSR(A.indptr.astype(np.int64), A.indices.astype(np.uint16),
-                 np.array(A.data, dtype=dt), np.zeros(0, dtype=dt), A.shape[1])
-    csr = CSR(*(_read_only(a) for a in kernel[:4]), A.shape[1])
+    kernel = _kernel_csr(A.indptr.astype(np.int64), A.indices.astype(np.uint16),
+                         np.array(A.data, dtype=dt), np.zeros(0, dtype=dt), A.shape[1])
+    csr = CSR(*(_read_only(a) for a in (kernel.indptr, kernel.indices, kernel.values,
+                                        kernel.lut)), A.shape[1])
     _remember(csr, None, kernel)
     return csr
 
@@ -259,8 +289,8 @@ _CHECKED_CSRS: dict = {}
 
 class _Entry:
     """What is known of a checked CSR: weak references to its four arrays, n_cols, whether its
-    values are all finite (None: not yet known), and ``kernel``, the CSR the kernels read: the
-    same data in writable arrays (to_csr's own, behind the read-only views it hands out; a copy
+    values are all finite (None: not yet known), and ``kernel``, the KernelCSR the kernels
+    read: the same data in writable arrays (to_csr's own, behind the read-only views it hands out; a copy
     for a read-only CSR made by hand), so that the kernels compile for one array type."""
 
     __slots__ = ("refs", "n_cols", "finite", "kernel")
@@ -360,8 +390,9 @@ def _check_csr(csr: CSR) -> None:
                              f"{_row_of(indptr, k)} has column "
                              f"{indices[k]} after {indices[k - 1]} (entry {k})")
     if any(a.flags.writeable for a in csr[:4]):
-        return _Entry(csr, None, CSR(*(_writable(a) for a in csr[:4]), csr.n_cols), remember=False)
-    return _remember(csr, None, CSR(*(np.array(a) for a in csr[:4]), csr.n_cols))
+        return _Entry(csr, None, _kernel_csr(*(_writable(a) for a in csr[:4]), csr.n_cols),
+                      remember=False)
+    return _remember(csr, None, _kernel_csr(*(np.array(a) for a in csr[:4]), csr.n_cols))
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -380,8 +411,8 @@ def _writable(a: np.ndarray) -> np.ndarray:
 def _all_finite(entry: "_Entry") -> None:
     """ValueError if a float CSR holds NaN or inf (once per remembered CSR)."""
     csr = entry.kernel
-    if entry.finite is None:
-        entry.finite = csr.values.dtype == np.uint8 or bool(np.isfinite(csr.values).all())
+    if entry.finite is None:                 # (a CSR of pixels has no float values)
+        entry.finite = bool(np.isfinite(csr.values).all())
     if not entry.finite:
         k = int(np.flatnonzero(~np.isfinite(csr.values))[0])
         raise ValueError(f"X must be finite; got {csr.values[k]} at row "
@@ -397,8 +428,8 @@ def prepare(X, dtype) -> CSR:
     return to_csr(X, dtype)
 
 
-def _as_csr(X, params: Params, need_finite: bool = False) -> CSR:
-    """Boundary conversion: the CSR the kernels read (see _Entry) for a CSR in the params'
+def _as_csr(X, params: Params, need_finite: bool = False) -> KernelCSR:
+    """Boundary conversion: the KernelCSR the kernels read (see _Entry) for a CSR in the params'
     dtype, checked, or for a checked dense float X, compressed. With need_finite, a ValueError
     if X holds NaN or inf (for dense X found while compressing it)."""
     if isinstance(X, CSR):

@@ -6,7 +6,8 @@ Legend (the named tuples are in _types.py)
     net      Net: the weights and biases and the layer offsets (L = len(net.offs) - 1 layers)
     part     Grads of per-slot partials: part.W[l] is (nslots, fan_in, fan_out)
     scr      Scratch: per-slot block scratch; scr.AT[s] is slot s's activations
-    X        the CSR (indptr, indices, values, lut, n_cols)
+    X        the CSR as the kernels take it (csr.KernelCSR: indptr, indices, pixels, values, lut,
+             n_cols)
     rows     the batch's row numbers into the CSR; shifts (len(rows), 2) int8 or empty
     bands    the first layer's pixel bands (sparse._band_cuts), or none
 
@@ -31,7 +32,7 @@ from ._types import Grads, Net, Scratch
 
 
 @njit(inline="always", **FAST)
-def _block_forward(AT, zrow, net, X, rng, idx, val, bands, rows, b0, nb):
+def _block_forward(AT, zrow, net, X, rng, idx, pix, val, bands, rows, b0, nb):
     """Forward one block (its inputs found by _block_entries, the CSR's rows rows[b0:b0+nb])
     through the network. With bands (_band_cuts; none if it has no rows, and none for shifted
     images, whose entries are block-local copies) the first layer runs band by band.
@@ -44,13 +45,13 @@ def _block_forward(AT, zrow, net, X, rng, idx, val, bands, rows, b0, nb):
     unit that is inactive for the whole block is skipped.
     """
     offs = net.offs
-    _first_layer(zrow, net.W[0], net.b[0], rng, bands, rows, b0, idx, val, X.lut, nb)
+    _first_layer(zrow, net.W[0], net.b[0], rng, bands, rows, b0, idx, pix, val, X.lut, nb)
     _to_features(AT[offs[0]:offs[1]], zrow, 0, nb)
     _block_forward_dense(net.W, net.b, nb, offs, AT)
 
 
 @njit(inline="always", **FAST)
-def _block_backward(part, dzrow, net, X, rng, idx, val, AT, dZT, s, nb):
+def _block_backward(part, dzrow, net, X, rng, idx, pix, val, AT, dZT, s, nb):
     """Add the block's gradients into slot s of the partials, from dZT (the output layer's
     dL/dZ, feature-major) down to the first layer. Layers in reverse order of the forward pass:
 
@@ -61,25 +62,27 @@ def _block_backward(part, dzrow, net, X, rng, idx, val, AT, dZT, s, nb):
     The input layer's dA is never formed.
     """
     _block_backward_dense(net.W, nb, net.offs, AT, dZT, part.W, part.b, s, dzrow)
-    _sparse_outer(part.W[0][s], rng, idx, val, X.lut, nb, dzrow)
+    _sparse_outer(part.W[0][s], rng, idx, pix, val, X.lut, nb, dzrow)
 
 
 @njit(**STRICT)
 def _alloc_scratch(net, X, nslots):
-    """Per-slot scratch for the block kernels (a Scratch), in the working dtype (the CSR lut's).
+    """Per-slot scratch for the block kernels (a Scratch), in the working dtype (the CSR's).
     Allocated once per call of a kernel or a training loop, not once per step; room for BLOCK of
     the densest row's entries (a shifted image never has more non-zero pixels than the
     original). Allocated in compiled code: a tuple of arrays passed from Python costs a few
     microseconds per array at every call, which small batches feel."""
     cap = BLOCK * _densest_row(X.indptr)
-    dt = X.lut.dtype
+    dt = X.values.dtype
+    pixels = X.lut.shape[0] != 0
     units = net.offs[-1]
     return Scratch(np.empty((nslots, BLOCK, net.W[0].shape[1]), dtype=dt),
                    np.empty((nslots, units, BLOCK), dtype=dt),
                    np.empty((nslots, units, BLOCK), dtype=dt),
                    np.empty((nslots, 2, BLOCK), dtype=dt), np.empty((nslots, 2, BLOCK), dtype=np.int64),
                    np.empty((nslots, cap), dtype=np.uint16),
-                   np.empty((nslots, cap), dtype=X.values.dtype))
+                   np.empty((nslots, cap if pixels else 0), dtype=np.uint8),
+                   np.empty((nslots, 0 if pixels else cap), dtype=dt))
 
 
 @njit(inline="always", **FAST)
@@ -94,19 +97,19 @@ def _slot_grads(part, scr, net, X, y, rows, shifts, bands, inv_n, s, r0, r1):
     """
     touched = _warm_slot(part, net, s)
     zrow, AT, dZT, colmax, colsum = scr.zrow[s], scr.AT[s], scr.dZT[s], scr.col[s, 0], scr.col[s, 1]
-    rng, bidx, bval = scr.rng[s], scr.idx[s], scr.val[s]
+    rng, bidx, bpix, bval = scr.rng[s], scr.idx[s], scr.pix[s], scr.val[s]
     offs = net.offs
     L = net.offs.shape[0] - 1
     loss = 0.0 * touched
     for b0 in range(r0, r1, BLOCK):
         nb = min(BLOCK, r1 - b0)
-        idx, val = _block_entries(rng, bidx, bval, X, X.indptr[:-1], X.indptr[1:], rows, shifts,
-                                  b0, nb, 0, net.W[0].shape[0])
-        _block_forward(AT, zrow, net, X, rng, idx, val,
+        idx, pix, val = _block_entries(rng, bidx, bpix, bval, X, X.indptr[:-1], X.indptr[1:],
+                                       rows, shifts, b0, nb, 0, net.W[0].shape[0])
+        _block_forward(AT, zrow, net, X, rng, idx, pix, val,
                        bands if shifts.shape[0] == 0 else bands[:0], rows, b0, nb)
         loss += _block_softmax_xent(AT[offs[L - 1]:offs[L]], y, rows, b0, nb, inv_n,
                                     dZT[offs[L - 1]:offs[L]], colmax, colsum)
-        _block_backward(part, zrow, net, X, rng, idx, val, AT, dZT, s, nb)
+        _block_backward(part, zrow, net, X, rng, idx, pix, val, AT, dZT, s, nb)
     return loss
 
 
@@ -214,13 +217,13 @@ def _forward_range(outs, labels, scr, net, X, rows, bands, proba, s, r0, r1):
     offs = net.offs
     L = net.offs.shape[0] - 1
     zrow, AT, colmax, colsum = scr.zrow[s], scr.AT[s], scr.col[s, 0], scr.col[s, 1]
-    rng, bidx, bval = scr.rng[s], scr.idx[s], scr.val[s]
+    rng, bidx, bpix, bval = scr.rng[s], scr.idx[s], scr.pix[s], scr.val[s]
     no_shifts = np.zeros((0, 2), dtype=np.int8)
     for b0 in range(r0, r1, BLOCK):
         nb = min(BLOCK, r1 - b0)
-        idx, val = _block_entries(rng, bidx, bval, X, X.indptr[:-1], X.indptr[1:], rows,
-                                  no_shifts, b0, nb, 0, net.W[0].shape[0])
-        _block_forward(AT, zrow, net, X, rng, idx, val, bands, rows, b0, nb)
+        idx, pix, val = _block_entries(rng, bidx, bpix, bval, X, X.indptr[:-1], X.indptr[1:],
+                                       rows, no_shifts, b0, nb, 0, net.W[0].shape[0])
+        _block_forward(AT, zrow, net, X, rng, idx, pix, val, bands, rows, b0, nb)
         if proba:
             Z = AT[offs[L - 1]:offs[L]]
             if labels.shape[0] > 0 and _clear_argmax(Z, nb, colmax, labels[b0:b0 + nb]):

@@ -4,8 +4,9 @@ weight gradient (``dW1[j] += x_j * dz``), and how a block finds its rows' entrie
 Legend
 ------
     rng      (2, >= nb) int64: row t of a block has entries rng[0, t] <= p < rng[1, t]
-    idx, val the entries' columns and values (the CSR's own arrays, or block-local copies of
-             shifted images); ``_value(val, lut, p)`` is entry p's input value
+    idx      the entries' columns (the CSR's own array, or a block-local copy of shifted images)
+    pix, val their values, the same way: uint8 pixels (through lut) or floats, the other one
+             empty; ``_value(pix, val, lut, p)`` is entry p's input value
     H        the first layer's width (W.shape[1])
     bands    (B - 1, n) int64: row i's entries of pixel band k (``_band_cuts``); (0, *) for none
     nb       rows in the block (<= BLOCK)
@@ -27,8 +28,8 @@ from ._codegen import _prefetch, _row_ir_forward, _row_ir_outer, _value
 from .csr import CSR, _cached_for_csr, _pixel_counts, _row_cuts
 
 
-def _sparse_row(z, W, b, idx, val, lut, p0, p1, H):
-    """z = x @ W + b for one sparse row x: its non-zero inputs are (idx[p], _value(val, lut, p))
+def _sparse_row(z, W, b, idx, pix, val, lut, p0, p1, H):
+    """z = x @ W + b for one sparse row x: its non-zero inputs are (idx[p], _value(pix, val, lut, p))
     for p0 <= p < p1; H is W.shape[1].
 
     Compiled code runs _codegen._ir_row_loop instead (the accumulator in registers, at any
@@ -42,66 +43,67 @@ def _sparse_row(z, W, b, idx, val, lut, p0, p1, H):
         w1 = W[idx[p + 1]]
         w2 = W[idx[p + 2]]
         w3 = W[idx[p + 3]]
-        v0, v1 = _value(val, lut, p), _value(val, lut, p + 1)
-        v2, v3 = _value(val, lut, p + 2), _value(val, lut, p + 3)
+        v0, v1 = _value(pix, val, lut, p), _value(pix, val, lut, p + 1)
+        v2, v3 = _value(pix, val, lut, p + 2), _value(pix, val, lut, p + 3)
         for k in range(H):
             z[k] += (v0 * w0[k] + v1 * w1[k]) + (v2 * w2[k] + v3 * w3[k])
         p += 4
     while p < p1:
         w0 = W[idx[p]]
-        v0 = _value(val, lut, p)
+        v0 = _value(pix, val, lut, p)
         for k in range(H):
             z[k] += v0 * w0[k]
         p += 1
 
 
-def _sparse_row_outer(gW, d, idx, val, lut, p0, p1, H):
-    """gW[idx[p], :] += _value(val, lut, p) * d for p0 <= p < p1: one sparse row's share of the
+def _sparse_row_outer(gW, d, idx, pix, val, lut, p0, p1, H):
+    """gW[idx[p], :] += _value(pix, val, lut, p) * d for p0 <= p < p1: one sparse row's share of the
     first layer's weight gradient x.T @ d (H: d's size). Compiled: _ir_row_loop, as above."""
     for p in range(p0, p1):
         g = gW[idx[p]]
-        v = _value(val, lut, p)
+        v = _value(pix, val, lut, p)
         for k in range(H):
             g[k] += v * d[k]
 
 
-def _ir_takes(W, lut, *arrays):
+def _ir_takes(W, pix, val, lut, *arrays):
     """Whether _ir_row_loop serves these arrays: C-contiguous, float weights, input values in
-    their dtype (or uint8 through a lut in it)."""
+    their dtype or uint8 pixels through a lut in it."""
     dt = W.dtype
-    return (isinstance(dt, numba.types.Float) and lut.dtype == dt
+    return (isinstance(dt, numba.types.Float) and lut.dtype == val.dtype == dt
+            and pix.dtype == numba.types.uint8
             and all(isinstance(a, numba.types.Array) and a.layout == "C"
-                    for a in (W, lut) + arrays))
+                    for a in (W, pix, val, lut) + arrays))
 
 
 @overload(_sparse_row, jit_options=dict(FAST, inline="always"))
-def _sparse_row_impl(z, W, b, idx, val, lut, p0, p1, H):
-    if _ir_takes(W, lut, z, b, idx, val) and z.dtype == b.dtype == W.dtype:
-        return lambda z, W, b, idx, val, lut, p0, p1, H: _row_ir_forward(
-            z, W, b, idx, val, lut, p0, p1, H)
+def _sparse_row_impl(z, W, b, idx, pix, val, lut, p0, p1, H):
+    if _ir_takes(W, pix, val, lut, z, b, idx) and z.dtype == b.dtype == W.dtype:
+        return lambda z, W, b, idx, pix, val, lut, p0, p1, H: _row_ir_forward(
+            z, W, b, idx, pix, val, lut, p0, p1, H)
     return _sparse_row
 
 
 @overload(_sparse_row_outer, jit_options=dict(FAST, inline="always"))
-def _sparse_row_outer_impl(gW, d, idx, val, lut, p0, p1, H):
-    if _ir_takes(gW, lut, d, idx, val) and d.dtype == gW.dtype:
-        return lambda gW, d, idx, val, lut, p0, p1, H: _row_ir_outer(
-            d, gW, d, idx, val, lut, p0, p1, H)
+def _sparse_row_outer_impl(gW, d, idx, pix, val, lut, p0, p1, H):
+    if _ir_takes(gW, pix, val, lut, d, idx) and d.dtype == gW.dtype:
+        return lambda gW, d, idx, pix, val, lut, p0, p1, H: _row_ir_outer(
+            d, gW, d, idx, pix, val, lut, p0, p1, H)
     return _sparse_row_outer
 
 
 @njit(**LEAF)
-def _sparse_matmul(Z, W, b, rng, idx, val, lut, nrows):
+def _sparse_matmul(Z, W, b, rng, idx, pix, val, lut, nrows):
     """Z[t] = x_t @ W + b for the rows t < nrows of a sparse block: row t's non-zero inputs are
-    (idx[p], _value(val, lut, p)) for p in rng[0, t]..rng[1, t]-1 (see _block_entries). The
+    (idx[p], _value(pix, val, lut, p)) for p in rng[0, t]..rng[1, t]-1 (see _block_entries). The
     first layer's forward. One call covers many rows, because a call of a Numba function passes
     every array as seven values."""
     for t in range(nrows):
-        _sparse_row(Z[t], W, b, idx, val, lut, rng[0, t], rng[1, t], W.shape[1])
+        _sparse_row(Z[t], W, b, idx, pix, val, lut, rng[0, t], rng[1, t], W.shape[1])
 
 
 @njit(**LEAF)
-def _sparse_matmul_bands(Z, W, b, rng, cuts, rows, r0, idx, val, lut, nrows):
+def _sparse_matmul_bands(Z, W, b, rng, cuts, rows, r0, idx, pix, val, lut, nrows):
     """_sparse_matmul for the rows t < nrows of a block whose row t is the CSR's row rows[r0 + t],
     band by band (cuts from _band_cuts): first every row's entries in the first pixel band, from the
     bias, then every row's in the next, from the row's partial sum, and so on. One band's weight
@@ -112,49 +114,50 @@ def _sparse_matmul_bands(Z, W, b, rng, cuts, rows, r0, idx, val, lut, nrows):
     E = cuts.shape[0]
     for t in range(nrows):
         p1 = cuts[0, rows[r0 + t]] if E > 0 else rng[1, t]
-        _sparse_row(Z[t], W, b, idx, val, lut, rng[0, t], p1, W.shape[1])
+        _sparse_row(Z[t], W, b, idx, pix, val, lut, rng[0, t], p1, W.shape[1])
     for k in range(1, E + 1):
         for t in range(nrows):
             i = rows[r0 + t]
             p1 = cuts[k, i] if k < E else rng[1, t]
-            _sparse_row(Z[t], W, Z[t], idx, val, lut, cuts[k - 1, i], p1, W.shape[1])
+            _sparse_row(Z[t], W, Z[t], idx, pix, val, lut, cuts[k - 1, i], p1, W.shape[1])
 
 
 @njit(inline="always", **FAST)
-def _first_layer(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows):
+def _first_layer(Z, W, b, rng, bands, rows, b0, idx, pix, val, lut, nrows):
     """The block's sparse first layer: in pixel bands if there are any (_band_cuts gives them
     only to compiled code), else row by row."""
     if bands.shape[0] > 0:
-        _sparse_matmul_bands(Z, W, b, rng, bands, rows, b0, idx, val, lut, nrows)
+        _sparse_matmul_bands(Z, W, b, rng, bands, rows, b0, idx, pix, val, lut, nrows)
     else:
-        _sparse_matmul(Z, W, b, rng, idx, val, lut, nrows)
+        _sparse_matmul(Z, W, b, rng, idx, pix, val, lut, nrows)
 
 
 @njit(**LEAF)
-def _sparse_outer(gW, rng, idx, val, lut, nrows, D):
+def _sparse_outer(gW, rng, idx, pix, val, lut, nrows, D):
     """gW += X.T @ D for the rows t < nrows of a sparse block X (as in _sparse_matmul), only
     where X != 0. The first layer's weight gradient."""
     for t in range(nrows):
-        _sparse_row_outer(gW, D[t], idx, val, lut, rng[0, t], rng[1, t], gW.shape[1])
+        _sparse_row_outer(gW, D[t], idx, pix, val, lut, rng[0, t], rng[1, t], gW.shape[1])
 
 
 @njit(**FAST)
-def _block_entries(rng, bidx, bval, X, starts, ends, rows, shifts, b0, nb, j0, j1):
-    """Find the non-zero inputs of the block rows rows[b0:b0+nb] of the CSR X in the columns
-    j0 <= j < j1 (all of them with 0, n_cols; a pixel range in the split step). Returns arrays
-    (idx, val) and fills rng (2, >= nb): row t's entries are idx[p], val[p] for
-    rng[0, t] <= p < rng[1, t].
+def _block_entries(rng, bidx, bpix, bval, X, starts, ends, rows, shifts, b0, nb, j0, j1):
+    """Find the non-zero inputs of the block rows rows[b0:b0+nb] of the CSR X (a KernelCSR) in
+    the columns j0 <= j < j1 (all of them with 0, n_cols; a pixel range in the split step).
+    Returns arrays (idx, pix, val) and fills rng (2, >= nb): row t's entries are idx[p] and
+    _value(pix, val, X.lut, p) for rng[0, t] <= p < rng[1, t].
 
-    Without shifts nothing is copied: (idx, val) are the CSR's own arrays, and row i's entries
+    Without shifts nothing is copied: (idx, pix, val) are the CSR's own arrays, and row i's entries
     in the column range are starts[i]:ends[i] (indptr[:-1] and indptr[1:] for all columns; for a
     pixel range, the ends of one run, since a row's columns are sorted: see _row_cuts). With
     shifts (an (n, 2) int8 array aligned with rows; empty for none), the image of row
     rows[b0 + t] is moved by shifts[b0 + t] = (dy, dx) pixels, filling with zeros: pixel (r, c)
     goes to (r + dy, c + dx) and pixels that leave the 28x28 frame are dropped (augmentation).
-    The moved entries are written to the block-local bidx, bval (columns still sorted), which
-    are returned.
+    The moved entries are written to the block-local bidx and bpix or bval (columns still
+    sorted), which are returned.
     """
-    indptr, indices, values = X.indptr, X.indices, X.values
+    indptr, indices, pixels, values = X.indptr, X.indices, X.pixels, X.values
+    has_pixels = X.lut.shape[0] != 0
     has_shift = shifts.shape[0] > 0
     q = 0
     for t in range(nb):
@@ -163,7 +166,10 @@ def _block_entries(rng, bidx, bval, X, starts, ends, rows, shifts, b0, nb, j0, j
             for p in range(starts[ahead], ends[ahead], 32):  # misses overlap
                 _prefetch(indices, p)
             for p in range(starts[ahead], ends[ahead], 64):
-                _prefetch(values, p)
+                if has_pixels:
+                    _prefetch(pixels, p)
+                else:
+                    _prefetch(values, p)
         i = rows[b0 + t]
         if not has_shift:
             rng[0, t] = starts[i]
@@ -179,12 +185,15 @@ def _block_entries(rng, bidx, bval, X, starts, ends, rows, shifts, b0, nb, j0, j
             j = r * 28 + c
             if 0 <= r < 28 and 0 <= c < 28 and j0 <= j < j1:
                 bidx[q] = j
-                bval[q] = values[p]
+                if has_pixels:
+                    bpix[q] = pixels[p]
+                else:
+                    bval[q] = values[p]
                 q += 1
         rng[1, t] = q
     if has_shift:
-        return bidx, bval
-    return indices, values
+        return bidx, bpix, bval
+    return indices, pixels, values
 
 
 def _band_cuts(params: Params, csr: CSR) -> np.ndarray:

@@ -62,8 +62,10 @@ def _split_scratch(params: Params, batch: int, csr: CSR) -> Split:
     dt = params.dtype
     n_in, H = params.sizes[0], params.sizes[1]
     cap = batch * _densest_row(csr.indptr)
+    pixels = len(csr.lut) != 0
     return Split(jsplit, cut, np.empty((2, 2, batch), np.int64), np.empty((2, cap), np.uint16),
-                 np.empty((2, cap), csr.values.dtype), empty_aligned((2, batch, H), dt),
+                 np.empty((2, cap if pixels else 0), np.uint8),
+                 np.empty((2, 0 if pixels else cap), dt), empty_aligned((2, batch, H), dt),
                  empty_aligned((batch, H), dt), empty_aligned((1, n_in, H), dt),
                  zeros_aligned(H, dt))
 
@@ -83,9 +85,9 @@ def _forward_half(sp, net, X, rows, shifts, h):
     starts = X.indptr[:-1] if h == 0 else sp.cut
     ends = sp.cut if h == 0 else X.indptr[1:]
     n = rows.shape[0]
-    idx, val = _block_entries(sp.rng[h], sp.idx[h], sp.val[h], X, starts, ends, rows, shifts, 0,
-                              n, j0, j1)
-    _sparse_matmul(sp.zpart[h], net.W[0], sp.zero_b, sp.rng[h], idx, val, X.lut, n)
+    idx, pix, val = _block_entries(sp.rng[h], sp.idx[h], sp.pix[h], sp.val[h], X, starts, ends,
+                                   rows, shifts, 0, n, j0, j1)
+    _sparse_matmul(sp.zpart[h], net.W[0], sp.zero_b, sp.rng[h], idx, pix, val, X.lut, n)
 
 
 @njit(inline="always", **FAST)
@@ -124,8 +126,11 @@ def _update_half(net, sp, opt, X, shifts, lr, c1, c2, h, n):
     g = sp.gW1[0]
     j0, j1 = _halves(h, sp.jsplit, W1.shape[0])
     g[j0:j1] = 0
-    idx, val = (sp.idx[h], sp.val[h]) if shifts.shape[0] > 0 else (X.indices, X.values)
-    _sparse_outer(g, sp.rng[h], idx, val, X.lut, n, sp.dz1)
+    if shifts.shape[0] > 0:
+        idx, pix, val = sp.idx[h], sp.pix[h], sp.val[h]
+    else:
+        idx, pix, val = X.indices, X.pixels, X.values
+    _sparse_outer(g, sp.rng[h], idx, pix, val, X.lut, n, sp.dz1)
     _update_rows(W1, sp.gW1, opt.mW[0], opt.vW[0], opt, lr, c1, c2, j0, j1)
 
 

@@ -28,9 +28,10 @@ DEFAULT_SIZES = (784, 72, 36, 10)
 def compile_kinds(dtype: str, sizes: tuple, training: bool = True) -> None:
     """In this process: call every public function of the backend once on a few rows, so that
     each kernel they use is compiled (or found in the cache) for this dtype and network shape:
-    forward, loss_and_grads and predict on dense float X and uint8 images; with ``training``
-    also full-batch and mini-batch training (both step kernels, with and without augmentation
-    shifts; the split step on float values too, as MLPClassifier trains) and update."""
+    forward, loss_and_grads and predict on dense float X and uint8 images (the compression of
+    each; the kernels are the same for both kinds of CSR); with ``training`` also full-batch
+    and mini-batch training (both step kernels, with and without augmentation shifts) and
+    update."""
     import numpy as np
     from .. import init_params
     from . import api, csr, _options
@@ -60,9 +61,6 @@ def compile_kinds(dtype: str, sizes: tuple, training: bool = True) -> None:
         for s in (None, shifts) if shifts is not None else (None,):
             api.sgd_epoch(p, state, C, y, np.arange(n), batch, np.full(-(-n // batch), 1e-3),
                           optimizer="adam", shifts=s)
-    # float values, as MLPClassifier trains on them (at its default batch size: the split step)
-    api.sgd_epoch(p, state, csr.prepare(Xf, dt), y, np.arange(n), 8, np.full(-(-n // 8), 1e-3),
-                  optimizer="adam")
 
 
 def warmup(kinds=None, processes: int | None = None, progress: bool = True) -> float:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from fastmlp import init_params, jit as J, reference as R
+from fastmlp.common import init_state
 from fastmlp.jit.warmup import compile_kinds
 from fastmlp.jit import sparse
 
@@ -77,6 +78,29 @@ def test_one_compiled_set_serves_every_architecture():
                   (784, 40, 30, 20, 16, 12, 8, 10), (30, 17, 3)]:
         compile_kinds("float64", sizes)
         assert _compiled_count() == before, f"{sizes} compiled kernels of its own"
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="about compiled kernels")
+def test_one_compiled_set_serves_pixels_and_floats():
+    """uint8 pixels (through the lut) and float values are one kind to the kernels
+    (csr.KernelCSR): after compile_kinds trained on pixels, training on a CSR of float values
+    (full batch, the split and slot steps, with and without shifts) compiles nothing."""
+    compile_kinds("float64", (784, 72, 36, 10))
+    before = _compiled_count()
+    rng = np.random.default_rng(0)
+    n = 40
+    X = (rng.random((n, 784)) < 0.2) * rng.random((n, 784))
+    C = J.to_csr(X)
+    assert C.values.dtype == np.float64 and C.lut.size == 0
+    params = init_params((784, 72, 36, 10), "he", 0, np.float64)
+    y = rng.integers(0, 10, n)
+    state = init_state(params, "adam")
+    J.gd_steps(params, state, C, y, [1e-3], optimizer="adam")
+    for batch in (8, n):
+        for shifts in (None, np.ones((n, 2), np.int8)):
+            J.sgd_epoch(params, state, C, y, np.arange(n), batch, np.full(-(-n // batch), 1e-3),
+                        optimizer="adam", shifts=shifts)
+    assert _compiled_count() == before
 
 
 @pytest.mark.small
