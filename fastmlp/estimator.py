@@ -426,7 +426,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             return jit.from_scipy(X, dtype)
         if X.dtype == np.uint8:
             return jit.to_csr(X, dtype, pixels=False)
-        return jit.to_csr(np.ascontiguousarray(X, dtype=dtype))
+        return jit.to_csr(np.ascontiguousarray(X, dtype=dtype), keep_zeros="auto")
 
     def __setstate__(self, state):
         # unpickled arrays start wherever the allocator puts them: back onto cache lines

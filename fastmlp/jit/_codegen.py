@@ -255,6 +255,86 @@ def _value(pix, val, lut, p):
 # accumulator lives in vector registers for the whole row, at any width; without the JIT the
 # plain Numba loops of sparse.py run instead.
 
+class _Vec:
+    """Helpers for IR over vectors of 32 bytes (8 float32 or 4 float64: a ymm register each) of
+    one float dtype: constants, (masked) loads and stores, llvm.fmuladd, broadcasts, counted
+    loops, and how a row of H floats falls into vectors."""
+
+    def __init__(self, context, builder, dtype):
+        self.builder = builder
+        self.bits = dtype.bitwidth
+        self.ft = context.get_value_type(dtype)
+        self.i64, self.i32 = ir.IntType(64), ir.IntType(32)
+        self.align = self.bits // 8
+        self.c = c = 256 // self.bits
+        self.V = V = ir.VectorType(self.ft, c)
+        M = ir.VectorType(ir.IntType(1), c)
+        vname = f"v{c}f{self.bits}"
+        self.fma = self._fn(f"llvm.fmuladd.{vname}", V, [V, V, V])
+        self.fma1 = self._fn(f"llvm.fmuladd.f{self.bits}", self.ft, [self.ft] * 3)
+        self._mload = self._fn(f"llvm.masked.load.{vname}.p0", V, [V.as_pointer(), self.i32, M, V])
+        self._mstore = self._fn(f"llvm.masked.store.{vname}.p0", ir.VoidType(),
+                                [V, V.as_pointer(), self.i32, M])
+
+    def _fn(self, name, ret, argtys):
+        return cgutils.get_or_insert_function(self.builder.module,
+                                              ir.FunctionType(ret, argtys), name)
+
+    def const(self, v):
+        return ir.Constant(self.i64, v)
+
+    def vptr(self, ptr, k):
+        return self.builder.bitcast(self.builder.gep(ptr, [k]), self.V.as_pointer())
+
+    def load(self, ptr, k, mask):
+        """The vector at ptr + k; only the lanes of mask (None: all)."""
+        if mask is None:
+            return self.builder.load(self.vptr(ptr, k), align=self.align)
+        return self.builder.call(self._mload, [self.vptr(ptr, k), ir.Constant(self.i32, self.align),
+                                               mask, ir.Constant(self.V, None)])
+
+    def store(self, v, ptr, k, mask):
+        if mask is None:
+            self.builder.store(v, self.vptr(ptr, k), align=self.align)
+        else:
+            self.builder.call(self._mstore, [v, self.vptr(ptr, k),
+                                             ir.Constant(self.i32, self.align), mask])
+
+    def splat(self, v):
+        und = ir.Constant(self.V, ir.Undefined)
+        x = self.builder.insert_element(und, v, ir.Constant(self.i32, 0))
+        return self.builder.shuffle_vector(x, und, ir.Constant(ir.VectorType(self.i32, self.c),
+                                                               [0] * self.c))
+
+    def loop_head(self, name, start):
+        """Open a counted loop: its head block, with the counter's phi (from start) and the
+        blocks (before, head, body, done); the caller adds any other phis here, then branches
+        to body or done."""
+        builder = self.builder
+        before = builder.basic_block
+        head, body, done = (builder.append_basic_block(f"{name}.{part}")
+                            for part in ("head", "body", "done"))
+        builder.branch(head)
+        builder.position_at_end(head)
+        i = builder.phi(self.i64)
+        i.add_incoming(start, before)
+        return i, before, head, body, done
+
+    def layout(self, H):
+        """(nvec, rem, tail_mask) of a row of H floats: its vectors, the lanes of a partial last
+        vector (0 if none) and the mask of those lanes."""
+        builder, c, i64 = self.builder, self.c, self.i64
+        nvec = builder.udiv(builder.add(H, self.const(c - 1)), self.const(c))
+        rem = builder.urem(H, self.const(c))
+        lanes = ir.Constant(ir.VectorType(i64, c), list(range(c)))
+        remv = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ir.VectorType(i64, c), ir.Undefined), rem,
+                                   ir.Constant(self.i32, 0)),
+            ir.Constant(ir.VectorType(i64, c), ir.Undefined),
+            ir.Constant(ir.VectorType(self.i32, c), [0] * c))
+        return nvec, rem, builder.icmp_signed("<", lanes, remv)
+
+
 PANEL_VECTORS = 14   # accumulator registers per pass over a row's entries (of 16 ymm on AVX2)
 
 
@@ -281,58 +361,11 @@ def _ir_row_loop(context, builder, sig, args, outer):
     faster than in two of 12."""
     arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:7], args[:7])]
     za, Wa, ba, ia, xa, va, la = arrs
-    dtype = sig.args[1].dtype
-    bits = dtype.bitwidth
-    ft = context.get_value_type(dtype)
-    i64, i32 = ir.IntType(64), ir.IntType(32)
-    align = bits // 8
-    c = 256 // bits
+    vec = _Vec(context, builder, sig.args[1].dtype)
+    const, load, store, splat, loop_head = vec.const, vec.load, vec.store, vec.splat, vec.loop_head
+    fma, fma1, ft, align, c, i64, i32 = vec.fma, vec.fma1, vec.ft, vec.align, vec.c, vec.i64, vec.i32
     R = PANEL_VECTORS
-    V = ir.VectorType(ft, c)
-    M = ir.VectorType(ir.IntType(1), c)
     p0, p1, H = args[7], args[8], args[9]
-
-    def const(v):
-        return ir.Constant(i64, v)
-
-    def vptr(ptr, k):
-        return builder.bitcast(builder.gep(ptr, [k]), V.as_pointer())
-
-    def intrinsic_fn(name, ret, argtys):
-        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, argtys), name)
-
-    vname = f"v{c}f{bits}"
-    fma = intrinsic_fn(f"llvm.fmuladd.{vname}", V, [V, V, V])
-    mload = intrinsic_fn(f"llvm.masked.load.{vname}.p0", V, [V.as_pointer(), i32, M, V])
-    mstore = intrinsic_fn(f"llvm.masked.store.{vname}.p0", ir.VoidType(),
-                          [V, V.as_pointer(), i32, M])
-
-    def load(ptr, k, mask):
-        if mask is None:
-            return builder.load(vptr(ptr, k), align=align)
-        return builder.call(mload, [vptr(ptr, k), ir.Constant(i32, align), mask,
-                                    ir.Constant(V, None)])
-
-    def store(v, ptr, k, mask):
-        if mask is None:
-            builder.store(v, vptr(ptr, k), align=align)
-        else:
-            builder.call(mstore, [v, vptr(ptr, k), ir.Constant(i32, align), mask])
-
-    fma1 = intrinsic_fn(f"llvm.fmuladd.f{bits}", ft, [ft, ft, ft])
-
-    def loop_head(name, start):
-        """Open a counted loop: its head block, with the counter's phi (from start) and the
-        blocks (before, head, body, done); the caller adds any other phis here, then branches
-        to body or done."""
-        before = builder.basic_block
-        head, body, done = (builder.append_basic_block(f"{name}.{part}")
-                            for part in ("head", "body", "done"))
-        builder.branch(head)
-        builder.position_at_end(head)
-        i = builder.phi(i64)
-        i.add_incoming(start, before)
-        return i, before, head, body, done
 
     def tail_lanes(wrow, ddata, k, x):
         """wrow[k + l] += x * ddata[k + l] for l < rem, one scalar multiply-add each."""
@@ -347,27 +380,14 @@ def _ir_row_loop(context, builder, sig, args, outer):
         builder.branch(head)
         builder.position_at_end(done)
 
-    def splat(v):
-        und = ir.Constant(V, ir.Undefined)
-        x = builder.insert_element(und, v, ir.Constant(i32, 0))
-        return builder.shuffle_vector(x, und, ir.Constant(ir.VectorType(i32, c), [0] * c))
-
     # the passes: nvec vectors in npass passes, the first `extra` of them one vector longer
     # (all of it depends on H alone and is free of branches and of divisions that could trap,
     # so LLVM hoists it out of the callers' loops over rows: once per block, not once per row)
-    nvec = builder.udiv(builder.add(H, const(c - 1)), const(c))
-    rem = builder.urem(H, const(c))                          # lanes of a partial last vector
+    nvec, rem, tail_mask = vec.layout(H)
     npass = builder.udiv(builder.add(nvec, const(R - 1)), const(R))
     npass1 = builder.select(builder.icmp_unsigned(">", npass, const(0)), npass, const(1))
     base = builder.udiv(nvec, npass1)
     extra = builder.urem(nvec, npass1)
-    lanes = ir.Constant(ir.VectorType(i64, c), list(range(c)))
-    remv = builder.shuffle_vector(
-        builder.insert_element(ir.Constant(ir.VectorType(i64, c), ir.Undefined), rem,
-                               ir.Constant(i32, 0)),
-        ir.Constant(ir.VectorType(i64, c), ir.Undefined),
-        ir.Constant(ir.VectorType(i32, c), [0] * c))
-    tail_mask = builder.icmp_signed("<", lanes, remv)        # the lanes of the partial vector
     pixels = builder.icmp_signed("!=", la.nitems, const(0))  # the kind of values (_value)
 
     def value(p):
@@ -419,7 +439,7 @@ def _ir_row_loop(context, builder, sig, args, outer):
         p, before, head, body, done = loop_head("row", p0)
         accs = []
         if not outer:
-            accs = [builder.phi(V) for _ in range(n)]
+            accs = [builder.phi(vec.V) for _ in range(n)]
             for a, a0 in zip(accs, fixed):
                 a.add_incoming(a0, before)
         builder.cbranch(builder.icmp_signed("<", p, p1), body, done)
@@ -475,6 +495,160 @@ def _row_ir_forward(typingctx, z, W, b, idx, pix, val, lut, p0, p1, width):
 def _row_ir_outer(typingctx, z, W, d, idx, pix, val, lut, p0, p1, width):
     return _row_signature(z, W, d, idx, pix, val, lut, p0, p1, width), (
         lambda context, builder, sig, args: _ir_row_loop(context, builder, sig, args, True))
+
+
+# The first layer of a block whose rows are full (every column of a range is an entry: dense
+# data compressed with its zeros kept, csr.to_csr(keep_zeros=...)): register tiles, in which
+# one load of a weight vector serves TILE_ROWS rows, where the sparse row loop loads it once
+# per row and is bound by those loads (the row's weights come from L2).
+
+TILE_ROWS = 4       # rows (forward) or weight rows (gradient) per dense tile
+TILE_VECTORS = 3    # vectors per tile: 4 x 3 accumulators, 3 operands and a broadcast: 16 ymm
+
+
+def _ir_dense(context, builder, sig, args, outer):
+    """LLVM IR for the first layer of a block of full rows (sparse._full_run): row t's entries
+    are the columns c0 .. c0 + K - 1, in order, its values at val[rng[0, t]:][:K].
+
+    outer=False, args (Z, W, b, rng, val, nrows, c0, K):
+        Z[t, :] = b + sum over k of val[rng[0, t] + k] * W[c0 + k, :]   for t < nrows
+    outer=True, args (gW, D, rng, val, nrows, c0, K):
+        gW[c0 + k, :] += sum over t of val[rng[0, t] + k] * D[t, :]     for k < K
+    Z, W, gW and D are C-contiguous with rows of H = W.shape[1] floats. Every output element
+    is a chain of llvm.fmuladd in the order of the sparse row loop (k increasing from b; t
+    increasing from gW's value): the same bits as _ir_row_loop on the same entries.
+
+    Tiles of TILE_ROWS rows (forward) or weight rows (gradient) by up to TILE_VECTORS vectors
+    of the row (a last tile short of rows repeats its last row and does not store it); as in _ir_row_loop, a switch picks the code written out
+    for each vector count, with or without a partial last vector (masked loads and stores,
+    once per tile, not per multiply-add)."""
+    arrs = [context.make_array(t)(context, builder, a)
+            for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
+    vec = _Vec(context, builder, sig.args[0].dtype)
+    const, load, store, splat, loop_head = vec.const, vec.load, vec.store, vec.splat, vec.loop_head
+    c, i64, T, G = vec.c, vec.i64, TILE_ROWS, TILE_VECTORS
+    if outer:
+        ga, Da, ra, va = arrs
+    else:
+        za, Wa, ba, ra, va = arrs
+    H = cgutils.unpack_tuple(builder, (ga if outer else Wa).shape)[1]
+    nrows, c0, K = args[-3:]
+    nvec, rem, tail_mask = vec.layout(H)
+    ngroups = builder.udiv(builder.add(nvec, const(G - 1)), const(G))
+
+    def lt(a, b):
+        return builder.icmp_signed("<", a, b)
+
+    def start(t):                                       # rng[0, t]
+        return builder.load(builder.gep(ra.data, [t]))
+
+    # the outer loop: tiles of rows (forward) or of weight rows (gradient); row o + r of a
+    # tile, or the last row if there are fewer
+    rows = K if outer else nrows
+    o, _, ohead, obody, odone = loop_head("tile", const(0))
+    builder.cbranch(lt(o, rows), obody, odone)
+    builder.position_at_end(obody)
+    tile = [builder.add(o, const(r)) for r in range(T)]
+    clamped = [builder.select(lt(t, rows), t, builder.sub(rows, const(1))) for t in tile]
+    if not outer:
+        xrows = [builder.gep(va.data, [start(t)]) for t in clamped]
+
+    g, _, ghead, gbody, gdone = loop_head("group", const(0))
+    gnext = builder.append_basic_block("group.next")
+    builder.cbranch(lt(g, ngroups), gbody, gdone)
+    builder.position_at_end(gbody)
+    v0 = builder.mul(g, const(G))
+    left = builder.sub(nvec, v0)
+    nv = builder.select(lt(left, const(G)), left, const(G))
+    partial = builder.and_(builder.icmp_signed("==", nv, left),
+                           builder.icmp_signed("!=", rem, const(0)))
+    sel = builder.add(builder.mul(builder.sub(nv, const(1)), const(2)), builder.zext(partial, i64))
+    col0 = builder.mul(v0, const(c))
+    switch = builder.switch(sel, gnext)                 # (default: unreachable)
+    cases = []
+    for n in range(1, G + 1):
+        for masked in (False, True):
+            bb = builder.append_basic_block(f"tile.{n}{'m' if masked else ''}")
+            switch.add_case(ir.Constant(i64, 2 * (n - 1) + masked), bb)
+            cases.append((bb, n, masked))
+
+    def row_of(base, t):                                # &base[t, col0]
+        return builder.gep(base, [builder.add(builder.mul(t, H), col0)])
+
+    for bb, n, masked in cases:
+        builder.position_at_end(bb)
+        masks = [None] * (n - 1) + [tail_mask if masked else None]
+        offsets = [const(i * c) for i in range(n)]
+        if outer:                                       # T weight rows of gW, from row c0 + o
+            grows = [row_of(ga.data, builder.add(c0, t)) for t in clamped]
+            init = [[load(grow, k, m) for k, m in zip(offsets, masks)] for grow in grows]
+        else:
+            b0 = [load(builder.gep(ba.data, [col0]), k, m) for k, m in zip(offsets, masks)]
+            init = [b0] * T
+        i, before, head, body, done = loop_head("inner", const(0))   # k (forward), t (gradient)
+        accs = [[builder.phi(vec.V) for _ in range(n)] for _ in range(T)]
+        for row, row0 in zip(accs, init):
+            for a, a0 in zip(row, row0):
+                a.add_incoming(a0, before)
+        builder.cbranch(lt(i, nrows if outer else K), body, done)
+        builder.position_at_end(body)
+        if outer:          # D[t] times the values of row t at the tile's columns c0 + o + r
+            vs = [load(row_of(Da.data, i), k, m) for k, m in zip(offsets, masks)]
+            xp = builder.gep(va.data, [start(i)])
+            xs = [splat(builder.load(builder.gep(xp, [t]))) for t in clamped]
+        else:              # W[c0 + k] times the value at column c0 + k of each of the T rows
+            vs = [load(row_of(Wa.data, builder.add(c0, i)), k, m) for k, m in zip(offsets, masks)]
+            xs = [splat(builder.load(builder.gep(xrow, [i]))) for xrow in xrows]
+        new = [[builder.call(vec.fma, [x, v, a]) for v, a in zip(vs, row)]
+               for x, row in zip(xs, accs)]
+        end = builder.basic_block
+        i.add_incoming(builder.add(i, const(1)), end)
+        for row, nrow in zip(accs, new):
+            for a, na in zip(row, nrow):
+                a.add_incoming(na, end)
+        builder.branch(head)
+        builder.position_at_end(done)
+        for r, (row, t) in enumerate(zip(accs, tile)):
+            dst = grows[r] if outer else row_of(za.data, t)
+            if r > 0:                                   # a short last tile stores its own rows
+                keep, skip = (builder.append_basic_block(f"row{r}.{part}")
+                              for part in ("keep", "skip"))
+                builder.cbranch(lt(t, rows), keep, skip)
+                builder.position_at_end(keep)
+            for a, k, m in zip(row, offsets, masks):
+                store(a, dst, k, m)
+            if r > 0:
+                builder.branch(skip)
+                builder.position_at_end(skip)
+        builder.branch(gnext)
+
+    builder.position_at_end(gnext)
+    g.add_incoming(builder.add(g, const(1)), gnext)
+    builder.branch(ghead)
+    builder.position_at_end(gdone)
+    o.add_incoming(builder.add(o, const(T)), gdone)
+    builder.branch(ohead)
+    builder.position_at_end(odone)
+    return context.get_dummy_value()
+
+
+def _dense_signature(name, arrays, dims):
+    for a, d in zip(arrays, dims):
+        if not (isinstance(a, types.Array) and a.layout == "C" and a.ndim == d):
+            raise numba.core.errors.TypingError(f"{name} needs C-contiguous {d}-D arrays; got {a}")
+    return types.void(*arrays, types.int64, types.int64, types.int64)
+
+
+@intrinsic
+def _dense_ir_forward(typingctx, Z, W, b, rng, val, nrows, c0, K):
+    return _dense_signature("_dense_ir_forward", (Z, W, b, rng, val), (2, 2, 1, 2, 1)), (
+        lambda context, builder, sig, args: _ir_dense(context, builder, sig, args, False))
+
+
+@intrinsic
+def _dense_ir_outer(typingctx, gW, D, rng, val, nrows, c0, K):
+    return _dense_signature("_dense_ir_outer", (gW, D, rng, val), (2, 2, 2, 1)), (
+        lambda context, builder, sig, args: _ir_dense(context, builder, sig, args, True))
 
 
 def _ir_tile(context, builder, sig, args, summed):

@@ -28,6 +28,7 @@ from llvmlite.binding import llvm_version_info
 
 from ..params import Params
 from .._validate import check_X
+from . import _options
 from ._options import CHUNK, ROW_GROUP, STRICT
 from ._codegen import _compress_ir, _left_pack_ir, _target_has
 from ._fork import _check_not_forked
@@ -202,18 +203,28 @@ def _fill_csr(X, indptr, indices, values):
             _compress_range(x, j, m, indices, values, p)
 
 
-def to_csr(X, dtype=None, *, pixels: bool = True) -> CSR:
+def to_csr(X, dtype=None, *, pixels: bool = True, keep_zeros=False) -> CSR:
     """Compress a batch: uint8 pixels (divided by 255 in ``dtype``, exactly as the reference's
     ``prepare`` does; with ``pixels=False``, uint8 values taken as they are, 0..255) or float
-    values (kept as they are). Columns must fit in uint16. The CSR's arrays are read-only."""
+    values (kept as they are). Columns must fit in uint16. The CSR's arrays are read-only.
+
+    ``keep_zeros`` (float X only): True stores every entry, zeros too (a *full* CSR, whose
+    blocks the kernels run as dense products in register tiles: faster than the sparse row
+    loop from about DENSE_FROM non-zero on); "auto" does so if at least DENSE_FROM of X is
+    non-zero (as MLPClassifier and the functions given dense X do); False (default) keeps only
+    the non-zeros. The results are the same numbers either way (a zero entry adds a zero
+    product), but for the sign of a zero and where a weight is infinite (0 * inf is NaN, as in
+    the reference's X @ W)."""
     _check_not_forked()
-    return _compress(X, dtype, False, pixels)
+    return _compress(X, dtype, False, pixels, keep_zeros)
 
 
-def _compress(X, dtype, find_finite: bool, pixels: bool = True) -> CSR:
+def _compress(X, dtype, find_finite: bool, pixels: bool = True, keep_zeros=False) -> CSR:
     """to_csr; with find_finite, float X is also checked for NaN and inf on the way (recorded
     with the CSR for _all_finite: for predict, where it saves a pass over X; training on dense X
     does not pay for it)."""
+    if not (keep_zeros is False or keep_zeros is True or keep_zeros == "auto"):
+        raise ValueError(f"keep_zeros must be False, True or 'auto'; got {keep_zeros!r}")
     X = np.ascontiguousarray(X)
     if X.dtype not in (np.uint8, np.float32, np.float64):
         raise TypeError(f"X must hold uint8 pixels or float32/float64 values; got {X.dtype}")
@@ -223,15 +234,26 @@ def _compress(X, dtype, find_finite: bool, pixels: bool = True) -> CSR:
         raise ValueError(f"X must be 2-D (n, features); got shape {X.shape}")
     if X.shape[1] > 65535:
         raise ValueError(f"at most 65535 columns fit the sparse index type; got {X.shape[1]}")
+    if keep_zeros is True and X.dtype == np.uint8:
+        raise TypeError("keep_zeros=True needs float X (dense rows run as floats); got uint8, "
+                        "whose values are read through a table: convert it to float32 first")
     find_finite = find_finite and X.dtype != np.uint8
     bad = np.zeros(len(X) if find_finite else 0, dtype=np.uint8)
     counts = _count_nonzero_rows(X, bad)
-    indptr = np.zeros(len(X) + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    nnz = int(indptr[-1])
-    indices = np.empty(nnz, dtype=np.uint16)
-    values = np.empty(nnz, dtype=X.dtype)
-    _fill_csr(X, indptr, indices, values)
+    n, m = X.shape
+    if keep_zeros == "auto":
+        keep_zeros = counts.sum() >= _options.DENSE_FROM * n * m
+    if keep_zeros and X.dtype != np.uint8:          # every entry: row i is X[i] itself
+        indptr = np.arange(0, n * m + 1, max(m, 1), dtype=np.int64)[:n + 1]
+        indices = np.tile(np.arange(m, dtype=np.uint16), n)
+        values = X.reshape(-1).copy()
+    else:
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        nnz = int(indptr[-1])
+        indices = np.empty(nnz, dtype=np.uint16)
+        values = np.empty(nnz, dtype=X.dtype)
+        _fill_csr(X, indptr, indices, values)
     if X.dtype == np.uint8:
         dt = np.dtype(dtype or np.float32)
         lut = np.arange(256).astype(dt)
@@ -442,7 +464,7 @@ def _as_csr(X, params: Params, need_finite: bool = False) -> KernelCSR:
             raise ValueError(f"X must have shape (n, {params.sizes[0]}) with n >= 1; got {X.shape}")
     else:
         check_X(X, params)
-        entry = _checked_entry(_compress(X, None, need_finite))
+        entry = _checked_entry(_compress(X, None, need_finite, keep_zeros="auto"))
     if need_finite:
         _all_finite(entry)
     return entry.kernel
@@ -497,8 +519,12 @@ def _densest_row(indptr):
     return densest
 
 
-def _pixel_counts(csr: CSR, n_in: int) -> np.ndarray:
-    """Cumulative count of non-zero entries per pixel (column), over the first (up to) 2,000
-    rows: where the work of the first layer lies, for the split point and the pixel bands."""
-    sample = csr.indices[:csr.indptr[min(len(csr), 2000)]]
+def _pixel_counts(csr, n_in: int) -> np.ndarray:
+    """Cumulative count of non-zero values per pixel (column), over the first (up to) 2,000
+    rows: where the work of the sparse first layer lies, for the split point and the pixel
+    bands. Zeros a CSR stores (a full CSR, to_csr's keep_zeros) are not counted, so that the
+    split step cuts the same data at the same pixel, and sums the same bits, either way."""
+    end = csr.indptr[min(len(csr), 2000)]
+    values = csr.values if len(csr.values) == len(csr.indices) else csr.pixels   # (or a CSR's)
+    sample = csr.indices[:end][values[:end] != 0]
     return np.cumsum(np.bincount(sample, minlength=n_in))

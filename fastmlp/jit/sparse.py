@@ -24,7 +24,8 @@ from numba.extending import overload
 from ..params import Params
 from . import _options
 from ._options import AHEAD, FAST, LEAF
-from ._codegen import _prefetch, _row_ir_forward, _row_ir_outer, _value
+from ._codegen import (_dense_ir_forward, _dense_ir_outer, _prefetch, _row_ir_forward,
+                       _row_ir_outer, _value)
 from .csr import CSR, _cached_for_csr, _pixel_counts, _row_cuts
 
 
@@ -92,12 +93,75 @@ def _sparse_row_outer_impl(gW, d, idx, pix, val, lut, p0, p1, H):
     return _sparse_row_outer
 
 
+@njit(inline="always", **FAST)
+def _full_run(rng, idx, lut, nrows):
+    """(c0, K) with K > 0 if every row t < nrows of a block (rows as in _sparse_matmul) holds
+    float values at exactly the columns c0 .. c0 + K - 1: K entries from column c0 to column
+    c0 + K - 1, whose columns increase, are all of them. (0, 0) otherwise. Such a block (dense
+    data compressed with its zeros kept) runs dense tiles (_dense_rows, _dense_outer)."""
+    none = (np.int64(0), np.int64(0))
+    if lut.shape[0] != 0 or nrows == 0:
+        return none
+    K = rng[1, 0] - rng[0, 0]
+    if K <= 0:
+        return none
+    c0 = np.int64(idx[rng[0, 0]])
+    for t in range(nrows):
+        p0 = rng[0, t]
+        p1 = rng[1, t]
+        if p1 - p0 != K or np.int64(idx[p0]) != c0 or np.int64(idx[p1 - 1]) != c0 + K - 1:
+            return none
+    return c0, K
+
+
+def _dense_rows(Z, W, b, rng, idx, pix, val, lut, nrows):
+    """Z[t] = x_t @ W + b for the rows t < nrows of a block of full rows (_full_run) in dense
+    register tiles (_codegen._ir_dense: the same bits as the sparse row loop); returns whether
+    it did. This body, which runs without the JIT and for arrays the IR does not take, does
+    nothing and returns False: the caller's sparse rows then compute the same sums."""
+    return False
+
+
+def _dense_outer(gW, D, rng, idx, pix, val, lut, nrows):
+    """gW += X.T @ D for a block of full rows in dense tiles, as _dense_rows: returns whether
+    it did (never without the JIT)."""
+    return False
+
+
+@overload(_dense_rows, jit_options=dict(FAST, inline="always"))
+def _dense_rows_impl(Z, W, b, rng, idx, pix, val, lut, nrows):
+    if not (_ir_takes(W, pix, val, lut, Z, b, idx, rng) and Z.dtype == b.dtype == W.dtype):
+        return _dense_rows
+
+    def impl(Z, W, b, rng, idx, pix, val, lut, nrows):
+        c0, K = _full_run(rng, idx, lut, nrows)
+        if K > 0:
+            _dense_ir_forward(Z, W, b, rng, val, nrows, c0, K)
+        return K > 0
+    return impl
+
+
+@overload(_dense_outer, jit_options=dict(FAST, inline="always"))
+def _dense_outer_impl(gW, D, rng, idx, pix, val, lut, nrows):
+    if not (_ir_takes(gW, pix, val, lut, D, idx, rng) and D.dtype == gW.dtype):
+        return _dense_outer
+
+    def impl(gW, D, rng, idx, pix, val, lut, nrows):
+        c0, K = _full_run(rng, idx, lut, nrows)
+        if K > 0:
+            _dense_ir_outer(gW, D, rng, val, nrows, c0, K)
+        return K > 0
+    return impl
+
+
 @njit(**LEAF)
 def _sparse_matmul(Z, W, b, rng, idx, pix, val, lut, nrows):
     """Z[t] = x_t @ W + b for the rows t < nrows of a sparse block: row t's non-zero inputs are
     (idx[p], _value(pix, val, lut, p)) for p in rng[0, t]..rng[1, t]-1 (see _block_entries). The
     first layer's forward. One call covers many rows, because a call of a Numba function passes
-    every array as seven values."""
+    every array as seven values. A block of full rows runs dense tiles (_dense_rows)."""
+    if _dense_rows(Z, W, b, rng, idx, pix, val, lut, nrows):
+        return
     for t in range(nrows):
         _sparse_row(Z[t], W, b, idx, pix, val, lut, rng[0, t], rng[1, t], W.shape[1])
 
@@ -110,7 +174,11 @@ def _sparse_matmul_bands(Z, W, b, rng, cuts, rows, r0, idx, pix, val, lut, nrows
     rows are a fraction of W, and they stay closer to the core while the block's rows go by:
     2.2 instead of 2.9 ns per non-zero pixel on one core. Same bits as _sparse_matmul in
     compiled code: each row's entries are added in the same order, and its partial sum is
-    stored and reloaded exactly between bands."""
+    stored and reloaded exactly between bands. A block of full rows runs dense tiles, through
+    _sparse_matmul (one copy of their code)."""
+    if _full_run(rng, idx, lut, nrows)[1] > 0:
+        _sparse_matmul(Z, W, b, rng, idx, pix, val, lut, nrows)
+        return
     E = cuts.shape[0]
     for t in range(nrows):
         p1 = cuts[0, rows[r0 + t]] if E > 0 else rng[1, t]
@@ -135,7 +203,9 @@ def _first_layer(Z, W, b, rng, bands, rows, b0, idx, pix, val, lut, nrows):
 @njit(**LEAF)
 def _sparse_outer(gW, rng, idx, pix, val, lut, nrows, D):
     """gW += X.T @ D for the rows t < nrows of a sparse block X (as in _sparse_matmul), only
-    where X != 0. The first layer's weight gradient."""
+    where X != 0. The first layer's weight gradient. A block of full rows runs dense tiles."""
+    if _dense_outer(gW, D, rng, idx, pix, val, lut, nrows):
+        return
     for t in range(nrows):
         _sparse_row_outer(gW, D[t], idx, pix, val, lut, rng[0, t], rng[1, t], gW.shape[1])
 

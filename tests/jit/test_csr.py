@@ -213,3 +213,35 @@ def test_uint8_values_as_they_are(mnist_train):
     assert np.array_equal(C.lut, np.arange(256, dtype=np.float32))
     p = init_params((784, 16, 10), "he", 0, np.float32)
     assert np.array_equal(J.predict_proba(p, C), J.predict_proba(p, X8.astype(np.float32)))
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_keep_zeros_stores_every_entry(dtype):
+    rng = np.random.default_rng(3)
+    X = (rng.random((7, 5)) * (rng.random((7, 5)) < 0.7)).astype(dtype)
+    C = J.to_csr(X, keep_zeros=True)
+    assert np.array_equal(C.indptr, np.arange(0, 36, 5))
+    assert np.array_equal(C.indices, np.tile(np.arange(5, dtype=np.uint16), 7))
+    assert C.values.dtype == dtype and np.array_equal(C.values, X.ravel())
+    assert not C.values.flags.writeable
+    assert len(J.to_csr(X).values) == np.count_nonzero(X)          # the default: non-zeros only
+
+
+@pytest.mark.small
+def test_keep_zeros_auto_follows_the_density(monkeypatch):
+    from fastmlp.jit import _options
+    X = np.zeros((4, 10), np.float32)
+    X[:, :6] = 1                                                     # 60% non-zero
+    monkeypatch.setattr(_options, "DENSE_FROM", 0.6)
+    assert len(J.to_csr(X, keep_zeros="auto").values) == 40
+    monkeypatch.setattr(_options, "DENSE_FROM", 0.61)
+    assert len(J.to_csr(X, keep_zeros="auto").values) == 24
+
+
+@pytest.mark.small
+def test_keep_zeros_rejects_bad_values():
+    with pytest.raises(ValueError, match="keep_zeros must be False, True or 'auto'; got 'yes'"):
+        J.to_csr(np.ones((2, 3)), keep_zeros="yes")
+    with pytest.raises(TypeError, match="keep_zeros=True needs float X"):
+        J.to_csr(np.ones((2, 3), np.uint8), keep_zeros=True)

@@ -45,3 +45,72 @@ def test_pixel_bands_change_no_bit(mnist_train, dtype):
     del C, cuts
     gc.collect()
     assert len(csr._CSR_CACHE) == before
+
+
+def _full_and_sparse(dtype, n, n_in, seed):
+    """Dense float data with 10% zeros, as a full CSR (zeros kept: the dense tiles) and as the
+    usual one (non-zeros only: the sparse row loop)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, n_in)).astype(dtype)
+    X[rng.random((n, n_in)) < 0.1] = 0
+    return X, J.to_csr(X, keep_zeros=True), J.to_csr(X)
+
+
+def _same(a, b):
+    """Equal arrays (a zero's sign aside: a zero entry adds +0 or -0)."""
+    return all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="the dense tiles are compiled code (the plain loops "
+                    "add four entries at a time, zeros included)")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,n_in,H", [(37, 50, 72), (130, 63, 100), (9, 30, 5), (5, 3, 13)])
+def test_dense_tiles_are_the_sparse_loops_bits(dtype, n, n_in, H, monkeypatch):
+    """Blocks whose rows hold every column run dense register tiles (_codegen._ir_dense), which
+    add each output's terms in the sparse row loop's order: forward, loss_and_grads, full-batch
+    and slot-step training give the same bits on the full CSR as on the sparse one. Shapes
+    with rows and columns that are not whole tiles (of 4) and widths with partial vectors."""
+    from fastmlp.common import init_state
+    from fastmlp.jit import _options
+    X, A, B = _full_and_sparse(dtype, n, n_in, n)
+    sizes = (n_in, H, 20, 7)
+    y = np.random.default_rng(0).integers(0, 7, n)
+    p = init_params(sizes, "he", 0, dtype)
+    assert _same(J.forward(p, A)[1:], J.forward(p, B)[1:])
+    (la, ga), (lb, gb) = J.loss_and_grads(p, A, y), J.loss_and_grads(p, B, y)
+    assert la == lb and _same(ga.weights + ga.biases, gb.weights + gb.biases)
+    monkeypatch.setattr(_options, "SPLIT_MAX_BATCH", 0)       # every batch size: the slot step
+    trained = []
+    for C in (A, B):
+        q = init_params(sizes, "he", 1, dtype)
+        state = init_state(q, "adam")
+        J.gd_steps(q, state, C, y, [1e-3] * 2, optimizer="adam")
+        J.sgd_epoch(q, state, C, y, np.arange(n), 16, np.full(-(-n // 16), 1e-3),
+                    optimizer="adam")
+        trained.append(q.weights + q.biases)
+    assert _same(*trained)
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_tiles_in_the_split_step(dtype):
+    """The pixel-split step on a full CSR: the same bits as on the sparse one (its split pixel
+    is chosen from the non-zero values per pixel, not the entries, so the halves are cut at
+    the same pixel) in compiled code, and as the reference's epoch."""
+    from fastmlp.common import init_state
+    from fastmlp import reference as R
+    from support import assert_close
+    n = 60
+    X, A, B = _full_and_sparse(dtype, n, 120, 1)
+    y = np.random.default_rng(0).integers(0, 7, n)
+    out = []
+    for backend, Xin in ((J, A), (J, B), (R, X)):
+        q = init_params((120, 72, 20, 7), "he", 1, dtype)
+        state = init_state(q, "adam")
+        backend.sgd_epoch(q, state, Xin, y, np.arange(n), 16, np.full(-(-n // 16), 1e-3),
+                          optimizer="adam")
+        out.append(q.weights + q.biases)
+    for a, b, r in zip(*out):
+        assert np.array_equal(a, b) or JIT_DISABLED      # (plain loops: four entries at a time)
+        assert_close(a, b, dtype, "full against sparse CSR")
+        assert_close(a, r, dtype, "full CSR against the reference")
