@@ -25,13 +25,13 @@ reference                              numba (module: kernels)
                                        sparse: ``_sparse_outer`` (first layer's dW)
 ``backward``                           slots: ``_block_backward``; split: ``_dense_half``,
                                        ``_update_half``
-``loss_and_grads``                     slots: ``_loss_kernel`` (slots, then ``_sum_slots``)
+``loss_and_grads``                     slots: ``_slots_loop`` (one step, ``_sum_slots``)
 ``update``                             optim: ``_update_all`` (``_opt_rule``)
 ``predict_proba``, ``predict``         slots: ``_forward_kernel`` (dense: ``_clear_argmax``,
                                        ``_argmax_rows``)
-``gd_steps``                           slots: ``_gd_loop`` (+ optim ``_update_from_slots``)
+``gd_steps``                           slots: ``_slots_loop`` (+ optim ``_update_from_slots``)
 ``sgd_epoch``                          split: ``_split_epoch`` (batch <= SPLIT_MAX_BATCH);
-                                       slots: ``_sgd_loop`` (larger batches)
+                                       slots: ``_slots_loop`` (larger batches)
 ``shift_images``                       sparse: ``_block_entries`` (shifts while gathering)
 ``warm_up`` (nothing to do)            api: ``warm_up`` (compiles what a run will use)
 =====================================  =========================================================

@@ -21,7 +21,7 @@ from . import _options
 from ._fork import _check_not_forked
 from .csr import CSR, _as_csr, _writable, prepare
 from .sparse import _band_cuts
-from .slots import _forward_kernel, _gd_loop, _loss_kernel, _sgd_loop
+from .slots import _forward_kernel, _slots_loop
 from .split import _split_epoch, _split_scratch
 from ._types import Grads, Net, padded
 from .optim import _opt_args, _update_all
@@ -93,10 +93,34 @@ def loss_and_grads(params: Params, X, y):
     n = len(csr)
     y = check_y(y, n, params.sizes[-1])
     grads = params.zeros_like()
-    total = _loss_kernel(_grads(grads),
-                         _partials(params, _nslots(n)), _net(params), csr, y, _NO_SHIFTS,
-                         _bands_for(params, X, csr), params.dtype.type(1.0 / n))
-    return total / n, grads
+    opt, steps = _no_update(params)
+    loss = np.empty(1)
+    _slots_loop(loss, _grads(grads), _net(params), _partials(params, _nslots(n)), opt, steps,
+                csr, y, np.arange(n), _NO_SHIFTS, _bands_for(params, X, csr),
+                np.full(1, 1.0 / n, params.dtype), n, False)
+    return loss[0], grads
+
+
+# per (dtype, padded depth): what _slots_loop takes for the arguments a call does not use
+_UNUSED: dict = {}
+
+
+def _no_update(params: Params):
+    """An Opt and one step's Steps for a _slots_loop that updates nothing (loss_and_grads)."""
+    key = ("opt", params.dtype, len(padded(params.weights)))
+    if key not in _UNUSED:
+        _UNUSED[key] = _opt_args(params, init_state(params, "gd"), "gd", [0.0], 0)
+    return _UNUSED[key]
+
+
+def _no_grads(params: Params) -> Grads:
+    """Empty gradients for a _slots_loop that updates (the training loops)."""
+    key = ("grads", params.dtype, len(padded(params.weights)))
+    if key not in _UNUSED:
+        L = len(params.weights)
+        _UNUSED[key] = Grads(padded((np.zeros((0, 0), params.dtype),) * L),
+                             padded((np.zeros(0, params.dtype),) * L))
+    return _UNUSED[key]
 
 
 _NO_LABELS = np.zeros(0, dtype=np.int64)
@@ -159,8 +183,9 @@ def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
     opt, steps = _opt_args(params, state, optimizer, lrs, t0, **hyper)
     losses = np.empty(len(steps.lr))
     rows = np.arange(n, dtype=np.int64)
-    _gd_loop(losses, _net(params), _partials(params, _nslots(n)), opt, steps, csr, y, rows,
-             _NO_SHIFTS, _bands_for(params, X, csr), params.dtype.type(1.0 / n))
+    _slots_loop(losses, _no_grads(params), _net(params), _partials(params, _nslots(n)), opt,
+                steps, csr, y, rows, _NO_SHIFTS, _bands_for(params, X, csr),
+                np.full(len(losses), 1.0 / n, params.dtype), n, True)
     return losses
 
 
@@ -186,8 +211,8 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
                      _split_scratch(params, batch_size, csr), lrs, csr, y, perm, shifts, inv_ns,
                      batch_size)
         return losses
-    _sgd_loop(losses, _net(params), _partials(params, _nslots(batch_size)), opt, lrs, csr, y,
-              perm, shifts, _NO_BANDS, inv_ns, batch_size)
+    _slots_loop(losses, _no_grads(params), _net(params), _partials(params, _nslots(batch_size)),
+                opt, lrs, csr, y, perm, shifts, _NO_BANDS, inv_ns, batch_size, True)
     return losses
 
 

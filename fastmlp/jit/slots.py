@@ -245,39 +245,26 @@ def _forward_range(outs, labels, scr, net, X, rows, bands, proba, s, r0, r1):
 
 
 @njit(**FAST)
-def _loss_kernel(grads, part, net, X, y, shifts, bands, inv_n):
-    """loss_and_grads in one compiled call: scratch, the slots, their sum into grads. Returns
-    the summed cross-entropy (float64). (shifts: the empty array, passed in rather than taken
-    from a global, whose type would be a read-only array, and would compile the whole chain of
-    kernels a second time for it.)"""
-    n = X.indptr.shape[0] - 1
-    scr = _alloc_scratch(net, X, part.W[0].shape[0])
-    total = _slots_kernel(part, scr, net, X, y, np.arange(n), shifts, bands, inv_n)
-    _sum_slots(grads, part)
-    return total
-
-
-@njit(**FAST)
-def _gd_loop(losses, net, part, opt, steps, X, y, rows, shifts, bands, inv_n):
-    """len(steps.lr) full-batch steps: gradients of all rows, then the update. losses[i] is step
-    i's mean loss, before its update."""
-    scr = _alloc_scratch(net, X, part.W[0].shape[0])
-    for it in range(steps.lr.shape[0]):
-        total = _slots_kernel(part, scr, net, X, y, rows, shifts, bands, inv_n)
-        losses[it] = total / rows.shape[0]
-        _update_from_slots(net, part, opt, steps.lr[it], steps.c1[it], steps.c2[it])
-
-
-@njit(**FAST)
-def _sgd_loop(losses, net, part, opt, steps, X, y, perm, shifts, bands, inv_ns, batch):
-    """One epoch of mini-batch steps over the rows in the order perm (the shuffle is the
-    caller's). Step i takes perm[i*batch:(i+1)*batch]; losses[i] is its mean loss."""
+def _slots_loop(losses, grads, net, part, opt, steps, X, y, perm, shifts, bands, inv_ns, batch,
+                update):
+    """len(steps.lr) steps over the rows perm (row numbers into the CSR), batch rows each: step
+    i takes perm[r0:r0 + batch] with r0 = i * batch modulo len(perm), so batch = len(perm)
+    takes every row at every step (the full-batch loop); losses[i] is its mean loss. With
+    update, each step's gradient updates net (opt's rule, steps' rates); without it (one step:
+    loss_and_grads) the gradient is summed into grads and nothing is updated. One kernel for
+    the three uses: each compiled kernel holds the whole slot step (slot kernel, blocks, sparse
+    first layer) again, 10-20 s of compiling per dtype. (shifts: an empty array when none,
+    passed in rather than taken from a global, whose type would be a read-only array, and would
+    compile the whole chain of kernels a second time for it.)"""
     scr = _alloc_scratch(net, X, part.W[0].shape[0])
     n = perm.shape[0]
     for it in range(steps.lr.shape[0]):
-        r0 = it * batch
+        r0 = (it * batch) % n
         r1 = min(n, r0 + batch)
         total = _slots_kernel(part, scr, net, X, y, perm[r0:r1],
                               shifts[r0:r1] if shifts.shape[0] else shifts, bands, inv_ns[it])
         losses[it] = total / (r1 - r0)
-        _update_from_slots(net, part, opt, steps.lr[it], steps.c1[it], steps.c2[it])
+        if update:
+            _update_from_slots(net, part, opt, steps.lr[it], steps.c1[it], steps.c2[it])
+        else:
+            _sum_slots(grads, part)

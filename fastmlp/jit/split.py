@@ -213,7 +213,7 @@ def _split_worker(me, halfloss, state, net, part, opt, scr, sp, steps, X, y, per
 
 
 def _split_epoch(losses, net, part, opt, sp, steps, X, y, perm, shifts, inv_ns, batch):
-    """The same epoch as slots._sgd_loop with the split step: _split_worker on two Python
+    """The same epoch as slots._slots_loop with the split step: _split_worker on two Python
     threads (this one and one more), each releasing the GIL; on one thread where Numba is
     limited to one (it then runs every task itself, in the same order of phases: the same bits).
 
