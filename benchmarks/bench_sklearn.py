@@ -6,6 +6,8 @@ alternating in one run, on three kinds of data.
 
 - mnist: the real MNIST digits (pixels / 255, float32), 60,000 to train, 10,000 to test
 - tabular: a dense synthetic table, 100,000 x 54 float32 (+ 20,000 to test), 7 classes
+- wide: a dense synthetic table as wide as MNIST, 60,000 x 784 float32 (+ 10,000), 10 classes
+  (no zeros: the dense first layer, where sklearn's BLAS is at its best)
 - sparse: a synthetic bag of words, CSR 30,000 x 50,000 (+ 6,000 to test), about 0.2% non-zero
   word counts (rows scaled to unit length), 20 classes told apart by a few topical words
 
@@ -32,7 +34,7 @@ import scipy.sparse as sp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_support import environment, header_line  # noqa: E402
 
-TARGETS = {"mnist": 8.0, "tabular": 3.0, "sparse": 5.0}
+TARGETS = {"mnist": 8.0, "tabular": 3.0, "wide": 1.0, "sparse": 5.0}
 
 
 def mnist_data():
@@ -48,6 +50,15 @@ def tabular_data(n=100_000, n_test=20_000):
     X, y = make_classification(n_samples=n + n_test, n_features=54, n_informative=30,
                                n_redundant=10, n_classes=7, n_clusters_per_class=3,
                                class_sep=1.5, random_state=0)
+    X = X.astype(np.float32)
+    return X[:n], y[:n], X[n:], y[n:], 10
+
+
+def wide_data(n=60_000, n_test=10_000):
+    from sklearn.datasets import make_classification
+    X, y = make_classification(n_samples=n + n_test, n_features=784, n_informative=100,
+                               n_redundant=100, n_classes=10, n_clusters_per_class=2,
+                               class_sep=1.0, random_state=0)
     X = X.astype(np.float32)
     return X[:n], y[:n], X[n:], y[n:], 10
 
@@ -76,7 +87,7 @@ def sparse_data(n=30_000, n_test=6_000, vocab=50_000, classes=20, words=125, top
     return X[:n], y[:n], X[n:], y[n:], 5
 
 
-DATA = {"mnist": mnist_data, "tabular": tabular_data, "sparse": sparse_data}
+DATA = {"mnist": mnist_data, "tabular": tabular_data, "wide": wide_data, "sparse": sparse_data}
 
 
 def fit_time(make, Xtr, ytr, Xte, yte):
