@@ -45,22 +45,22 @@ def mnist_data():
     return Xtr.astype(np.float32) / scale, ytr, Xte.astype(np.float32) / scale, yte, 10
 
 
-def tabular_data(n=100_000, n_test=20_000):
+def _table(n, n_test, **kw):
+    """scikit-learn's make_classification, float32, split into train and test; 10 epochs."""
     from sklearn.datasets import make_classification
-    X, y = make_classification(n_samples=n + n_test, n_features=54, n_informative=30,
-                               n_redundant=10, n_classes=7, n_clusters_per_class=3,
-                               class_sep=1.5, random_state=0)
+    X, y = make_classification(n_samples=n + n_test, random_state=0, **kw)
     X = X.astype(np.float32)
     return X[:n], y[:n], X[n:], y[n:], 10
+
+
+def tabular_data(n=100_000, n_test=20_000):
+    return _table(n, n_test, n_features=54, n_informative=30, n_redundant=10, n_classes=7,
+                  n_clusters_per_class=3, class_sep=1.5)
 
 
 def wide_data(n=60_000, n_test=10_000):
-    from sklearn.datasets import make_classification
-    X, y = make_classification(n_samples=n + n_test, n_features=784, n_informative=100,
-                               n_redundant=100, n_classes=10, n_clusters_per_class=2,
-                               class_sep=1.0, random_state=0)
-    X = X.astype(np.float32)
-    return X[:n], y[:n], X[n:], y[n:], 10
+    return _table(n, n_test, n_features=784, n_informative=100, n_redundant=100, n_classes=10,
+                  n_clusters_per_class=2, class_sep=1.0)
 
 
 def sparse_data(n=30_000, n_test=6_000, vocab=50_000, classes=20, words=125, topical=0.03,

@@ -12,9 +12,10 @@ Legend
 What lives here: the vector compress of a CSR row (AVX-512: ``_compress_ir``; AVX2: the
 table-driven left-pack, ``_left_pack_ir``), the sparse
 row loops with their accumulator in vector registers (``_ir_row_loop``), the 8 x 8 register
-transposes (``_ir_tile``), a prefetch, ``_value`` (an entry's input value) and ``_zero_of``,
-which picks code at compile time. Each IR function has a plain Python/Numba twin elsewhere (the one that runs without
-the JIT and on other targets), and produces the same bits as that twin.
+transposes (``_ir_tile``), the dense tiles of a block of full rows (``_ir_dense``), a prefetch,
+``_value`` (an entry's input value) and ``_zero_of``, which picks code at compile time. Each IR
+function has a plain Python/Numba twin elsewhere, which runs without the JIT and on other
+targets (the dense tiles' twin is the sparse row loop itself, on the same entries).
 """
 
 from __future__ import annotations
@@ -345,8 +346,8 @@ def _ir_row_loop(context, builder, sig, args, outer):
 
     outer=False (forward): acc = b; for p in [p0, p1): acc += x_p * W[idx[p]]; z[:] = acc.
     outer=True (gradient): d = b_or_d; for p in [p0, p1): W[idx[p]] += x_p * d (z unused).
-    x_p is lut[pix[p]] if lut is not empty, else val[p] (_value). Each multiply-add is llvm.fmuladd (fused
-    where the CPU can), in entry order, so every element's bits depend on nothing but its own
+    x_p is lut[pix[p]] if lut is not empty, else val[p] (_value). Each multiply-add is
+    llvm.fmuladd (fused where the CPU can), in entry order, so every element's bits depend on nothing but its own
     chain of entries: not on H, not on how the row is cut into passes.
 
     The row's ceil(H / lanes) vectors are cut into passes of at most PANEL_VECTORS, as even as
@@ -363,7 +364,8 @@ def _ir_row_loop(context, builder, sig, args, outer):
     za, Wa, ba, ia, xa, va, la = arrs
     vec = _Vec(context, builder, sig.args[1].dtype)
     const, load, store, splat, loop_head = vec.const, vec.load, vec.store, vec.splat, vec.loop_head
-    fma, fma1, ft, align, c, i64, i32 = vec.fma, vec.fma1, vec.ft, vec.align, vec.c, vec.i64, vec.i32
+    fma, fma1, ft, align, c = vec.fma, vec.fma1, vec.ft, vec.align, vec.c
+    i64 = vec.i64
     R = PANEL_VECTORS
     p0, p1, H = args[7], args[8], args[9]
 
@@ -519,9 +521,9 @@ def _ir_dense(context, builder, sig, args, outer):
     increasing from gW's value): the same bits as _ir_row_loop on the same entries.
 
     Tiles of TILE_ROWS rows (forward) or weight rows (gradient) by up to TILE_VECTORS vectors
-    of the row (a last tile short of rows repeats its last row and does not store it); as in _ir_row_loop, a switch picks the code written out
-    for each vector count, with or without a partial last vector (masked loads and stores,
-    once per tile, not per multiply-add)."""
+    of the row (a last tile short of rows repeats its last row and does not store it); as in
+    _ir_row_loop, a switch picks the code written out for each vector count, with or without a
+    partial last vector (masked loads and stores, once per tile, not per multiply-add)."""
     arrs = [context.make_array(t)(context, builder, a)
             for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
     vec = _Vec(context, builder, sig.args[0].dtype)

@@ -10,8 +10,8 @@ Option sets (each kernel takes one of them, never options of its own):
 
 Constants read inside compiled code (BLOCK, CHUNK, ROW_GROUP, UPDATE_ROWS, AHEAD, NSLOTS_FWD,
 LOGIT_GAP) are frozen into the machine code when it is compiled: change them here and clear Numba's cache. Those read by
-the Python wrappers (NSLOTS, MIN_SLOT_ROWS, SPLIT_MAX_BATCH, DENSE_FROM, BAND_BYTES, PATIENCE, KERNEL_LAYERS,
-COMPILE_IN_CHILDREN) are looked up at every call, so a test may patch them on this module.
+the Python wrappers (NSLOTS, MIN_SLOT_ROWS, SPLIT_MAX_BATCH, DENSE_FROM, BAND_BYTES, PATIENCE,
+KERNEL_LAYERS, COMPILE_IN_CHILDREN) are looked up at every call, so a test may patch them on this module.
 """
 
 from numba.core.compiler import Compiler

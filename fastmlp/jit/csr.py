@@ -312,8 +312,9 @@ _CHECKED_CSRS: dict = {}
 class _Entry:
     """What is known of a checked CSR: weak references to its four arrays, n_cols, whether its
     values are all finite (None: not yet known), and ``kernel``, the KernelCSR the kernels
-    read: the same data in writable arrays (to_csr's own, behind the read-only views it hands out; a copy
-    for a read-only CSR made by hand), so that the kernels compile for one array type."""
+    read: the same data in writable arrays (to_csr's own, behind the read-only views it hands
+    out; a copy for a read-only CSR made by hand), so that the kernels compile for one array
+    type."""
 
     __slots__ = ("refs", "n_cols", "finite", "kernel")
 

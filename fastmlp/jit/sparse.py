@@ -30,8 +30,8 @@ from .csr import CSR, _cached_for_csr, _pixel_counts, _row_cuts
 
 
 def _sparse_row(z, W, b, idx, pix, val, lut, p0, p1, H):
-    """z = x @ W + b for one sparse row x: its non-zero inputs are (idx[p], _value(pix, val, lut, p))
-    for p0 <= p < p1; H is W.shape[1].
+    """z = x @ W + b for one sparse row x: its non-zero inputs are idx[p] with the value
+    _value(pix, val, lut, p) for p0 <= p < p1; H is W.shape[1].
 
     Compiled code runs _codegen._ir_row_loop instead (the accumulator in registers, at any
     width). This body runs without the JIT (and for arrays the IR does not take); it combines
