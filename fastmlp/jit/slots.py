@@ -179,7 +179,7 @@ def _sum_slots(grads, part):
             gb[m] = acc
 
 
-@njit(**FAST)
+@njit(parallel=True, **FAST)
 def _forward_kernel(outs, labels, net, X, bands, proba):
     """Forward every row. With proba False: outs[l] (n, sizes[l+1]) receives layer l's output
     (logits for the last). With proba True: outs[-1] (n, 10) receives the softmax probabilities
@@ -190,24 +190,22 @@ def _forward_kernel(outs, labels, net, X, bands, proba):
     (_clear_argmax; no exp, no division, no probabilities written), else the first maximum of
     the row's probabilities, which are then computed and written to outs[-1] for that block
     only. The first layer runs in pixel bands (bands: _band_cuts; none if it has no rows).
-    The rows are cut into up to NSLOTS_FWD ranges, run in parallel by _forward_slots."""
+    The rows are cut into up to NSLOTS_FWD ranges, run in parallel (each owns its output rows).
+
+    The scratch is unpacked before the prange and its tuple built again inside: a prange body
+    takes a named tuple made outside it only as an argument of its function (see _types). (It
+    was a second kernel: one more level of compiling, 5 s per dtype, for the same code.)"""
     n = X.indptr.shape[0] - 1
     nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
-    _forward_slots(outs, labels, _alloc_scratch(net, X, nslots), net, X, bands, proba)
-
-
-@njit(parallel=True, **FAST)
-def _forward_slots(outs, labels, scr, net, X, bands, proba):
-    """_forward_kernel's parallel part: prange over row ranges, one per slot of scr (each owns
-    its output rows). (A separate kernel because a prange body can take a named tuple only as
-    an argument of the function it is in, not as the result of a call: see _types.)"""
-    n = X.indptr.shape[0] - 1
-    nslots = scr.AT.shape[0]
-    rows = np.arange(n)              # the identity: row numbers for _block_entries
+    zrow, AT, dZT, col, rng, idx, pix, val = _alloc_scratch(net, X, nslots)
+    rows = np.empty(n, dtype=np.int64)     # the identity: row numbers for _block_entries
+    for i in range(n):
+        rows[i] = i
     W, b, offs = net          # (see _slots_kernel)
     for i in prange(nslots):
         s = np.int64(i)
-        _forward_range(outs, labels, scr, Net(W, b, offs), X, rows, bands, proba, s,
+        _forward_range(outs, labels, Scratch(zrow, AT, dZT, col, rng, idx, pix, val),
+                       Net(W, b, offs), X, rows, bands, proba, s,
                        (n * s) // nslots, (n * (s + 1)) // nslots)
 
 
