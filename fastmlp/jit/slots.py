@@ -198,8 +198,8 @@ def _forward_kernel(outs, labels, net, X, bands, proba):
     n = X.indptr.shape[0] - 1
     nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
     zrow, AT, dZT, col, rng, idx, pix, val = _alloc_scratch(net, X, nslots)
-    rows = np.empty(n, dtype=np.int64)     # the identity: row numbers for _block_entries
-    for i in range(n):
+    rows = np.empty(n, dtype=np.int64)     # the identity: row numbers for _block_entries (a
+    for i in range(n):                     # loop: np.arange would be a parallel region of its own)
         rows[i] = i
     W, b, offs = net          # (see _slots_kernel)
     for i in prange(nslots):
