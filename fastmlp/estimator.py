@@ -60,7 +60,6 @@ DIFFERENCES = (
      "epoch's start and end (their mean)", "the L2 term from the weights before each batch"),
     ("dtype", "float32 input trains in float32, anything else in float64, unless dtype= says; "
      "predict_proba returns the network's dtype", "the same rule; output in X's dtype"),
-    ("sparse input", "at most 65,535 features (the sparse index is uint16)", "any number"),
 )
 
 _SKLEARN_PARAMS = dict(_SkMLPClassifier._parameter_constraints)
@@ -482,12 +481,13 @@ _WARM = set()   # the kinds of run whose kernels this process has loaded
 
 def _warm_up(params, X, optimizer, batches):
     """Load (or compile, once per machine) the kernels a fit will use, once per process and
-    kind: the network's dtype, the input's value type, and which epoch kernel each batch size
-    takes."""
+    kind: the network's dtype, the input's value type, whether it has more than 65,536
+    features (csr._index_dtype), and which epoch kernel each batch size takes."""
     from . import jit
     xdtype = np.dtype(np.uint8) if X.dtype == np.uint8 else params.dtype
+    wide = X.shape[1] > 1 << 16                     # uint32 column indices: a kind of its own
     for batch in batches:
-        key = (params.dtype, xdtype, batch <= jit.SPLIT_MAX_BATCH)
+        key = (params.dtype, xdtype, wide, batch <= jit.SPLIT_MAX_BATCH)
         if key in _WARM:
             continue
         rows = np.zeros((2, X.shape[1]), dtype=xdtype)

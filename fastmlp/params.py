@@ -44,6 +44,7 @@ def as_dtype(dtype) -> np.dtype:
 # Limits on a network's shape (a model file declares its own: it is believed only within these).
 MAX_LAYERS = 64                   # weight layers
 MAX_WIDTH = 1 << 16               # units in one layer
+MAX_INPUTS = 1 << 24              # inputs (features): a sparse input may have many
 MAX_PARAMETERS = 100_000_000      # weights and biases in all: 400 MB in float32
 MAX_MODEL_MEMBERS = 4 + 2 * MAX_LAYERS   # arrays in a model file: format, sizes, dtype, meta, W
                                          # and b per layer (zipfile parses every entry it lists)
@@ -53,7 +54,8 @@ MAX_META_CHARS = 1 << 22                 # a model's description (JSON): class l
 
 def check_sizes(sizes) -> tuple[int, ...]:
     """Layer widths: a sequence (not a string) of at least two integers (not bools or floats),
-    each in 1..MAX_WIDTH, at most MAX_LAYERS + 1 of them, at most MAX_PARAMETERS parameters."""
+    each in 1..MAX_WIDTH (the inputs in 1..MAX_INPUTS), at most MAX_LAYERS + 1 of them, at most
+    MAX_PARAMETERS parameters."""
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
         raise TypeError(f"sizes must be a sequence of integers like (784, 72, 36, 10); got {sizes!r}")
     bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
@@ -61,9 +63,10 @@ def check_sizes(sizes) -> tuple[int, ...]:
         raise TypeError(f"sizes must be integers like (784, 72, 36, 10); got {bad[0]!r} in "
                         f"{tuple(sizes)!r}")
     sizes = tuple(int(s) for s in sizes)
-    if not 2 <= len(sizes) <= MAX_LAYERS + 1 or min(sizes) < 1 or max(sizes) > MAX_WIDTH:
+    if not 2 <= len(sizes) <= MAX_LAYERS + 1 or min(sizes) < 1 or max(sizes[1:]) > MAX_WIDTH \
+            or sizes[0] > MAX_INPUTS:
         raise ValueError(f"sizes must list 2 to {MAX_LAYERS + 1} layer widths, each in "
-                         f"1..{MAX_WIDTH}; got {sizes}")
+                         f"1..{MAX_WIDTH} (the inputs in 1..{MAX_INPUTS}); got {sizes}")
     n = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
     if n > MAX_PARAMETERS:
         raise ValueError(f"sizes {sizes} make {n} parameters; at most {MAX_PARAMETERS}")

@@ -37,7 +37,7 @@ def test_same_seed_same_numbers_across_dtypes():
     (dict(dtype=np.int32), TypeError, "dtype must be float32 or float64"),
     (dict(seed=-1), ValueError, "seed must be an integer >= 0; got -1"),
     (dict(sizes=(784,)), ValueError, "sizes must list 2 to 65 layer widths"),
-    (dict(sizes=(784, 0, 10)), ValueError, r"each in 1..65536; got \(784, 0, 10\)"),
+    (dict(sizes=(784, 0, 10)), ValueError, r"each in 1..65536 \(the inputs in 1..16777216\); got \(784, 0, 10\)"),
     (dict(sizes="784"), TypeError, "sizes must be a sequence of integers"),     # not (7, 8, 4)
     (dict(sizes=(784.0, 10)), TypeError, r"sizes must be integers .*; got 784.0"),
     (dict(sizes=(784, True, 10)), TypeError, "got True"),

@@ -85,7 +85,7 @@ class Scratch(NamedTuple):
     dZT: np.ndarray         # (nslots, units, BLOCK): dL/dZ, feature-major
     col: np.ndarray         # (nslots, 2, BLOCK): the softmax's column max [0] and sum [1]
     rng: np.ndarray         # (nslots, 2, BLOCK) int64: each block row's entry range
-    idx: np.ndarray         # (nslots, cap) uint16: a block's shifted entries (augmentation)
+    idx: np.ndarray         # (nslots, cap) the CSR's index dtype: a block's shifted entries (augmentation)
     pix: np.ndarray         # (nslots, cap) uint8: their pixels, for a CSR of pixels (else cap 0)
     val: np.ndarray         # (nslots, cap): their float values, for a CSR of floats (else cap 0)
 
@@ -95,7 +95,7 @@ class Split(NamedTuple):
     jsplit: int             # half 0 owns first-layer weight rows [0, jsplit), half 1 the rest
     cut: np.ndarray         # int64 (n,): each CSR row's first entry at a pixel >= jsplit
     rng: np.ndarray         # (2, 2, batch) int64: the batch rows' entry ranges in each half
-    idx: np.ndarray         # (2, cap) uint16: shifted entries of each half (augmentation)
+    idx: np.ndarray         # (2, cap) the CSR's index dtype: shifted entries of each half (augmentation)
     pix: np.ndarray         # (2, cap) uint8 for a CSR of pixels (else cap 0)
     val: np.ndarray         # (2, cap) floats for a CSR of floats (else cap 0)
     zpart: np.ndarray       # (2, batch, H): each half's partial first-layer product (no bias)

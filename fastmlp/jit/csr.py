@@ -4,13 +4,16 @@ of a CSR made by hand, and the per-CSR caches of indexes that the kernels reuse.
 Legend
 ------
     indptr   int64 (n + 1,): row i's entries are indptr[i]:indptr[i + 1]
-    indices  uint16 (nnz,): each entry's column, increasing within a row
+    indices  uint16 (nnz,): each entry's column, increasing within a row; uint32 for a CSR of
+             more than 65,536 columns (``_index_dtype``)
     values   uint8 pixels (nnz,) read through lut (pixel / 255 in the working dtype), or floats
     lut      float32/float64 (256,) for uint8 values, else empty
 
 The kernels read a ``KernelCSR``: the same arrays, with uint8 pixels and float values in
 separate fields, so that both kinds of CSR have one Numba type per dtype and every kernel
-compiles once for them (``_value`` in _codegen picks the field at run time).
+compiles once for them (``_value`` in _codegen picks the field at run time). Wider inputs
+than 65,536 columns are a kind of their own (uint32 column indices: one more compiled set, made
+the first time such data is used); two bytes per entry instead of four for everything narrower.
 
 ``_count_nonzero_rows``, ``_fill_csr`` and ``_row_cuts`` prange over rows (each owns its own
 output slots).
@@ -46,7 +49,8 @@ class CSR(_CSRFields):
     """A batch of inputs in compressed-sparse-row form.
 
     indptr  int64 (n + 1,): row i's entries are indptr[i]:indptr[i + 1]
-    indices uint16 (nnz,): column (pixel) of each entry, increasing within each row
+    indices uint16 (nnz,): column (pixel) of each entry, increasing within each row; uint32
+            if n_cols > 65,536 (_index_dtype)
     values  uint8 pixels (nnz,), whose input value is lut[pixel] (= pixel / 255 in the working
             dtype, exactly as the reference computes it); or float32/float64 values as they are
     lut     float32 or float64 (256,) for uint8 values; empty, of the values' dtype, otherwise
@@ -106,6 +110,15 @@ class KernelCSR(NamedTuple):
 
     def __len__(self):
         return len(self.indptr) - 1
+
+
+MAX_COLS = 1 << 32     # columns a CSR may have (uint32 indices)
+
+
+def _index_dtype(n_cols: int) -> np.dtype:
+    """The dtype of the column indices of a CSR of n_cols columns: uint16 up to 65,536 columns
+    (MNIST and most tables: 2 bytes per entry), uint32 beyond."""
+    return np.dtype(np.uint16 if n_cols <= 1 << 16 else np.uint32)
 
 
 def _kernel_csr(indptr, indices, values, lut, n_cols) -> KernelCSR:
@@ -169,7 +182,9 @@ def _compress_chunk(x, j, indices, values, p):
 def _compress_chunk_impl(x, j, indices, values, p):
     # (llvm.experimental.vector.compress exists from LLVM 19 on; without AVX-512 LLVM emulates
     # it lane by lane, 2-3x slower than the plain loop: AVX2 takes the table-driven left-pack)
-    if not (x.dtype == types.uint8 or x.dtype in (types.float32, types.float64)):
+    # (the vector forms write uint16 columns: wider CSRs take the plain loop)
+    if not (x.dtype == types.uint8 or x.dtype in (types.float32, types.float64)) \
+            or indices.dtype != types.uint16:
         return _compress_chunk
     if _target_has("avx512f") and llvm_version_info >= (19,):
         return lambda x, j, indices, values, p: _compress_ir(x, j, indices, values, p)
@@ -206,7 +221,8 @@ def _fill_csr(X, indptr, indices, values):
 def to_csr(X, dtype=None, *, pixels: bool = True, keep_zeros=False) -> CSR:
     """Compress a batch: uint8 pixels (divided by 255 in ``dtype``, exactly as the reference's
     ``prepare`` does; with ``pixels=False``, uint8 values taken as they are, 0..255) or float
-    values (kept as they are). Columns must fit in uint16. The CSR's arrays are read-only.
+    values (kept as they are). Any number of columns (uint16 indices up to 65,536, else uint32).
+    The CSR's arrays are read-only.
 
     ``keep_zeros`` (float X only): True stores every entry, zeros too (a *full* CSR, whose
     blocks the kernels run as dense products in register tiles: faster than the sparse row
@@ -232,8 +248,8 @@ def _compress(X, dtype, find_finite: bool, pixels: bool = True, keep_zeros=False
         raise TypeError(f"dtype must be float32 or float64; got {np.dtype(dtype)}")
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n, features); got shape {X.shape}")
-    if X.shape[1] > 65535:
-        raise ValueError(f"at most 65535 columns fit the sparse index type; got {X.shape[1]}")
+    if X.shape[1] > MAX_COLS:
+        raise ValueError(f"X must have at most {MAX_COLS} columns; got {X.shape[1]}")
     if keep_zeros is True and X.dtype == np.uint8:
         raise TypeError("keep_zeros=True needs float X (dense rows run as floats); got uint8, "
                         "whose values are read through a table: convert it to float32 first")
@@ -245,13 +261,13 @@ def _compress(X, dtype, find_finite: bool, pixels: bool = True, keep_zeros=False
         keep_zeros = counts.sum() >= _options.DENSE_FROM * n * m
     if keep_zeros and X.dtype != np.uint8:          # every entry: row i is X[i] itself
         indptr = np.arange(0, n * m + 1, max(m, 1), dtype=np.int64)[:n + 1]
-        indices = np.tile(np.arange(m, dtype=np.uint16), n)
+        indices = np.tile(np.arange(m, dtype=_index_dtype(m)), n)
         values = X.reshape(-1).copy()
     else:
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         nnz = int(indptr[-1])
-        indices = np.empty(nnz, dtype=np.uint16)
+        indices = np.empty(nnz, dtype=_index_dtype(m))
         values = np.empty(nnz, dtype=X.dtype)
         _fill_csr(X, indptr, indices, values)
     if X.dtype == np.uint8:
@@ -271,7 +287,7 @@ def _compress(X, dtype, find_finite: bool, pixels: bool = True, keep_zeros=False
 def from_scipy(A, dtype) -> CSR:
     """A scipy.sparse matrix or array (any format) as a CSR of ``dtype`` values: the same
     numbers, duplicates summed, columns sorted within each row (A itself is not changed).
-    Columns must fit in uint16. The CSR's arrays are read-only."""
+    Any number of columns, as to_csr. The CSR's arrays are read-only."""
     import scipy.sparse as sp
 
     _check_not_forked()
@@ -282,13 +298,13 @@ def from_scipy(A, dtype) -> CSR:
         raise TypeError(f"dtype must be float32 or float64; got {dt}")
     if A.ndim != 2:
         raise ValueError(f"A must be 2-D (n, features); got shape {A.shape}")
-    if A.shape[1] > 65535:
-        raise ValueError(f"at most 65535 columns fit the sparse index type; got {A.shape[1]}")
+    if A.shape[1] > MAX_COLS:
+        raise ValueError(f"A must have at most {MAX_COLS} columns; got {A.shape[1]}")
     A = sp.csr_array(A)
     if not A.has_canonical_format:
         A = A.copy()
         A.sum_duplicates()
-    kernel = _kernel_csr(A.indptr.astype(np.int64), A.indices.astype(np.uint16),
+    kernel = _kernel_csr(A.indptr.astype(np.int64), A.indices.astype(_index_dtype(A.shape[1])),
                          np.array(A.data, dtype=dt), np.zeros(0, dtype=dt), A.shape[1])
     csr = CSR(*(_read_only(a) for a in (kernel.indptr, kernel.indices, kernel.values,
                                         kernel.lut)), A.shape[1])
@@ -365,12 +381,17 @@ def _check_csr(csr: CSR) -> None:
     if entry is not None:
         return entry
     indptr, indices, values, lut, n_cols = csr
-    for name, a, want in (("indptr", indptr, np.int64), ("indices", indices, np.uint16),
+    if isinstance(n_cols, bool) or not isinstance(n_cols, (int, np.integer)) \
+            or not 1 <= n_cols <= MAX_COLS:
+        raise ValueError(f"CSR n_cols must be an integer in 1..{MAX_COLS}; got {n_cols!r}")
+    for name, a, want in (("indptr", indptr, np.int64), ("indices", indices, _index_dtype(n_cols)),
                           ("values", values, None), ("lut", lut, None)):
         if not (isinstance(a, np.ndarray) and a.ndim == 1 and a.flags.c_contiguous
                 and (want is None or a.dtype == want)):
             kind = f"{np.dtype(want)} " if want is not None else ""
-            raise TypeError(f"CSR {name} must be a C-contiguous 1-D {kind}array; got {_describe(a)}")
+            why = f" (for {n_cols} columns)" if name == "indices" else ""
+            raise TypeError(f"CSR {name} must be a C-contiguous 1-D {kind}array{why}; got "
+                            f"{_describe(a)}")
     if values.dtype == np.uint8:
         if lut.dtype not in (np.float32, np.float64) or lut.shape != (256,):
             raise TypeError(f"CSR lut must be float32 or float64 of shape (256,) for uint8 values; "
@@ -382,9 +403,6 @@ def _check_csr(csr: CSR) -> None:
     else:
         raise TypeError(f"CSR values must be uint8 pixels or float32/float64 values; got "
                         f"{_describe(values)}")
-    if isinstance(n_cols, bool) or not isinstance(n_cols, (int, np.integer)) \
-            or not 1 <= n_cols <= 65535:
-        raise ValueError(f"CSR n_cols must be an integer in 1..65535; got {n_cols!r}")
     nnz = len(indices)
     if len(values) != nnz:
         raise ValueError(f"CSR values must hold one value per entry ({nnz}); got {len(values)}")

@@ -80,7 +80,7 @@ def _alloc_scratch(net, X, nslots):
                    np.empty((nslots, units, BLOCK), dtype=dt),
                    np.empty((nslots, units, BLOCK), dtype=dt),
                    np.empty((nslots, 2, BLOCK), dtype=dt), np.empty((nslots, 2, BLOCK), dtype=np.int64),
-                   np.empty((nslots, cap), dtype=np.uint16),
+                   np.empty((nslots, cap), dtype=X.indices.dtype),
                    np.empty((nslots, cap if pixels else 0), dtype=np.uint8),
                    np.empty((nslots, 0 if pixels else cap), dtype=dt))
 

@@ -63,7 +63,7 @@ def _split_scratch(params: Params, batch: int, csr: CSR) -> Split:
     n_in, H = params.sizes[0], params.sizes[1]
     cap = batch * _densest_row(csr.indptr)
     pixels = len(csr.lut) != 0
-    return Split(jsplit, cut, np.empty((2, 2, batch), np.int64), np.empty((2, cap), np.uint16),
+    return Split(jsplit, cut, np.empty((2, 2, batch), np.int64), np.empty((2, cap), csr.indices.dtype),
                  np.empty((2, cap if pixels else 0), np.uint8),
                  np.empty((2, 0 if pixels else cap), dt), empty_aligned((2, batch, H), dt),
                  empty_aligned((batch, H), dt), empty_aligned((1, n_in, H), dt),
