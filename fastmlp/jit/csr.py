@@ -178,7 +178,7 @@ def _compress_chunk(x, j, indices, values, p):
     return _compress_range(x, j, j + CHUNK, indices, values, p)
 
 
-@overload(_compress_chunk, jit_options=dict(STRICT, inline="always"))
+@overload(_compress_chunk, inline="always", jit_options=STRICT)
 def _compress_chunk_impl(x, j, indices, values, p):
     # (llvm.experimental.vector.compress exists from LLVM 19 on; without AVX-512 LLVM emulates
     # it lane by lane, 2-3x slower than the plain loop: AVX2 takes the table-driven left-pack)

@@ -45,14 +45,14 @@ def _transpose_tile_sum(dst, dr, dc, src, src2, bias, sr, sc):
             dst[dr + c, dc + r] = (src[sr + r, sc + c] + src2[sr + r, sc + c]) + bias[sc + c]
 
 
-@overload(_transpose_tile, jit_options=dict(FAST, inline="always"))
+@overload(_transpose_tile, inline="always", jit_options=FAST)
 def _transpose_tile_impl(dst, dr, dc, src, sr, sc):
     if _tile_arrays_ok(dst, src):
         return lambda dst, dr, dc, src, sr, sc: _tile_ir(dst, dr, dc, src, sr, sc)
     return _transpose_tile
 
 
-@overload(_transpose_tile_sum, jit_options=dict(STRICT, inline="always"))
+@overload(_transpose_tile_sum, inline="always", jit_options=STRICT)
 def _transpose_tile_sum_impl(dst, dr, dc, src, src2, bias, sr, sc):
     if _tile_arrays_ok(dst, src, src2, bias):
         return lambda dst, dr, dc, src, src2, bias, sr, sc: _tile_sum_ir(

@@ -77,7 +77,7 @@ def _ir_takes(W, pix, val, lut, *arrays):
                     for a in (W, pix, val, lut) + arrays))
 
 
-@overload(_sparse_row, jit_options=dict(FAST, inline="always"))
+@overload(_sparse_row, inline="always", jit_options=FAST)
 def _sparse_row_impl(z, W, b, idx, pix, val, lut, p0, p1, H):
     if _ir_takes(W, pix, val, lut, z, b, idx) and z.dtype == b.dtype == W.dtype:
         return lambda z, W, b, idx, pix, val, lut, p0, p1, H: _row_ir_forward(
@@ -85,7 +85,7 @@ def _sparse_row_impl(z, W, b, idx, pix, val, lut, p0, p1, H):
     return _sparse_row
 
 
-@overload(_sparse_row_outer, jit_options=dict(FAST, inline="always"))
+@overload(_sparse_row_outer, inline="always", jit_options=FAST)
 def _sparse_row_outer_impl(gW, d, idx, pix, val, lut, p0, p1, H):
     if _ir_takes(gW, pix, val, lut, d, idx) and d.dtype == gW.dtype:
         return lambda gW, d, idx, pix, val, lut, p0, p1, H: _row_ir_outer(
@@ -128,7 +128,7 @@ def _dense_outer(gW, D, rng, idx, pix, val, lut, nrows):
     return False
 
 
-@overload(_dense_rows, jit_options=dict(FAST, inline="always"))
+@overload(_dense_rows, inline="always", jit_options=FAST)
 def _dense_rows_impl(Z, W, b, rng, idx, pix, val, lut, nrows):
     if not (_ir_takes(W, pix, val, lut, Z, b, idx, rng) and Z.dtype == b.dtype == W.dtype):
         return _dense_rows
@@ -141,7 +141,7 @@ def _dense_rows_impl(Z, W, b, rng, idx, pix, val, lut, nrows):
     return impl
 
 
-@overload(_dense_outer, jit_options=dict(FAST, inline="always"))
+@overload(_dense_outer, inline="always", jit_options=FAST)
 def _dense_outer_impl(gW, D, rng, idx, pix, val, lut, nrows):
     if not (_ir_takes(gW, pix, val, lut, D, idx, rng) and D.dtype == gW.dtype):
         return _dense_outer
@@ -180,14 +180,12 @@ def _sparse_matmul_bands(Z, W, b, rng, cuts, rows, r0, idx, pix, val, lut, nrows
         _sparse_matmul(Z, W, b, rng, idx, pix, val, lut, nrows)
         return
     E = cuts.shape[0]
-    for t in range(nrows):
-        p1 = cuts[0, rows[r0 + t]] if E > 0 else rng[1, t]
-        _sparse_row(Z[t], W, b, idx, pix, val, lut, rng[0, t], p1, W.shape[1])
-    for k in range(1, E + 1):
+    for k in range(E + 1):          # (one call site: the row loop's code is inlined there)
         for t in range(nrows):
             i = rows[r0 + t]
-            p1 = cuts[k, i] if k < E else rng[1, t]
-            _sparse_row(Z[t], W, Z[t], idx, pix, val, lut, cuts[k - 1, i], p1, W.shape[1])
+            p0 = rng[0, t] if k == 0 else cuts[k - 1, i]
+            p1 = rng[1, t] if k == E else cuts[k, i]
+            _sparse_row(Z[t], W, b if k == 0 else Z[t], idx, pix, val, lut, p0, p1, W.shape[1])
 
 
 @njit(inline="always", **FAST)
