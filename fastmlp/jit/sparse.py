@@ -269,12 +269,18 @@ def _band_cuts(params: Params, csr: CSR) -> np.ndarray:
     and the slot step of full batches; see _NO_BANDS): (B - 1, n) int64, row i's entries of band k
     are cuts[k - 1, i]:cuts[k, i] (with indptr[i] and indptr[i + 1] at the ends). B bands of
     pixels whose first-layer weight rows total about BAND_BYTES, cut at equal shares of the
-    entries (counted on the first 2,000 rows): 3 for the default float32 network. Only in
+    entries (counted on the first 2,000 rows): 3 for the default float32 network. None if the
+    rows hold fewer than MIN_BAND_ENTRIES entries a band on average: then each band's share of
+    a row is too short to pay for its pass, and the weight rows a block's rows touch are
+    scattered anyway (a bag of words of 50,000 columns and 98 entries a row: 244 bands made
+    predict 5.6x slower than none). Only in
     compiled code, where the IR row loop adds a row's entries one by one to its sum, so that
     adding them band by band changes no bit; (0, n) without the JIT (the Python loops add four
     entries at a time). Cached per CSR."""
     n_in, H = params.sizes[0], params.sizes[1]
     B = max(1, round(n_in * H * params.dtype.itemsize / _options.BAND_BYTES))
+    if csr.indptr[-1] < _options.MIN_BAND_ENTRIES * B * len(csr):
+        B = 1
     if B == 1 or numba.config.DISABLE_JIT:
         return np.zeros((0, len(csr)), dtype=np.int64)
 

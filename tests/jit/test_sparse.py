@@ -47,6 +47,26 @@ def test_pixel_bands_change_no_bit(mnist_train, dtype):
     assert len(csr._CSR_CACHE) == before
 
 
+@pytest.mark.small
+def test_no_bands_for_rows_of_few_entries():
+    """Bands only where rows hold at least MIN_BAND_ENTRIES entries a band on average (MNIST:
+    about 150 a row, 3 bands for float32); a row of 20 entries would be cut into passes of a
+    few entries each, which cost more than they save."""
+    from fastmlp.jit import _options
+    rng = np.random.default_rng(0)
+    X = np.zeros((200, 784), np.float32)
+    for i in range(200):
+        X[i, rng.choice(784, 20, replace=False)] = rng.random(20) + 0.1
+    params = init_params(dtype=np.float32)
+    C = J.to_csr(X)
+    assert sparse._band_cuts(params, C).shape == (0, 200)
+    if not JIT_DISABLED:                         # the same rows, denser: bands again
+        dense = J.to_csr(np.where(rng.random((200, 784)) < 0.25, 1.0, X).astype(np.float32))
+        assert len(dense.values) >= _options.MIN_BAND_ENTRIES * 3 * 200
+        assert sparse._band_cuts(params, dense).shape == (2, 200)
+    assert np.array_equal(J.predict_proba(params, C), J.predict_proba(params, X))
+
+
 def _full_and_sparse(dtype, n, n_in, seed):
     """Dense float data with 10% zeros, as a full CSR (zeros kept: the dense tiles) and as the
     usual one (non-zeros only: the sparse row loop)."""
