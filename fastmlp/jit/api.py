@@ -19,7 +19,7 @@ from .._validate import check_params, check_perm, check_shifts, check_update, ch
 from ..common import accuracy_of, init_state
 from . import _options
 from ._fork import _check_not_forked
-from .csr import CSR, _as_csr, _writable, prepare
+from .csr import CSR, _as_csr, _numpy_csr, _writable, prepare
 from .sparse import _band_cuts
 from .slots import _forward_kernel, _slots_loop
 from .split import _split_epoch, _split_scratch
@@ -309,12 +309,12 @@ def _warm_up_train(params, X, y, optimizer, batch_size, **hyper):
     """The training loop a run uses: full-batch (batch_size None) or the epoch of batch_size.
     (Every optimizer runs the same compiled loop: its rule is a run-time code.)"""
     warm = params.copy()
-    dt = params.dtype
+    C = _numpy_csr(X[:2], params.dtype)   # (the compression is _warm_up_rest's to compile)
     if batch_size is None:
-        gd_steps(warm, init_state(warm, optimizer), prepare(X[:2], dt), y[:2], np.zeros(1),
+        gd_steps(warm, init_state(warm, optimizer), C, y[:2], np.zeros(1),
                  optimizer=optimizer, **hyper)
     else:                         # two rows in batches of batch_size: the same step kernel
-        sgd_epoch(warm, init_state(warm, optimizer), prepare(X[:2], dt), y[:2], np.arange(2),
+        sgd_epoch(warm, init_state(warm, optimizer), C, y[:2], np.arange(2),
                   batch_size, np.zeros(-(-2 // batch_size)), optimizer=optimizer, **hyper)
 
 

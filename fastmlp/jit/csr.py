@@ -469,6 +469,24 @@ def prepare(X, dtype) -> CSR:
     return to_csr(X, dtype)
 
 
+def _numpy_csr(X, dtype) -> CSR:
+    """prepare(X, dtype) for a few rows, made by NumPy alone: the same arrays and Numba types,
+    without compiling the compression kernels (api._warm_up_train, whose child process would
+    otherwise compile them too, beside the one that compiles them for the run)."""
+    X = np.asarray(X)
+    dt = np.dtype(dtype)
+    rows, cols = np.nonzero(X)
+    indptr = np.zeros(len(X) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(X)), out=indptr[1:])
+    if X.dtype == np.uint8:
+        lut = np.arange(256).astype(dt) / np.asarray(255, dtype=dt)
+        values = X[rows, cols]
+    else:
+        lut = np.zeros(0, dtype=dt)
+        values = X[rows, cols].astype(dt)
+    return CSR(indptr, cols.astype(_index_dtype(X.shape[1])), values, lut, X.shape[1])
+
+
 def _as_csr(X, params: Params, need_finite: bool = False) -> KernelCSR:
     """Boundary conversion: the KernelCSR the kernels read (see _Entry) for a CSR in the params'
     dtype, checked, or for a checked dense float X, compressed. With need_finite, a ValueError

@@ -243,3 +243,16 @@ def test_keep_zeros_rejects_bad_values():
         J.to_csr(np.ones((2, 3)), keep_zeros="yes")
     with pytest.raises(TypeError, match="keep_zeros=True needs float X"):
         J.to_csr(np.ones((2, 3), np.uint8), keep_zeros=True)
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_csr_is_prepare(mnist_train, dtype):
+    """The warm-up's CSR made by NumPy alone (csr._numpy_csr) holds the arrays prepare makes,
+    of the same dtypes, so the kernels it compiles are the ones the run uses."""
+    from fastmlp.jit.csr import _numpy_csr
+    X = mnist_train[0][:7]
+    for given in (X, X.astype(dtype) / dtype(255), np.zeros((2, 784), dtype)):
+        a, b = _numpy_csr(given, dtype), J.prepare(given, dtype)
+        for u, v, name in zip(a, b, ("indptr", "indices", "values", "lut", "n_cols")):
+            assert np.asarray(u).dtype == np.asarray(v).dtype and np.array_equal(u, v), name
