@@ -120,7 +120,7 @@ def _update_from_slots(net, part, opt, lr, c1, c2):
         W, pW, mW, vW = net.W[l], part.W[l], mWs[l], vWs[l]
         nrows = W.shape[0]
         for i in prange((nrows + UPDATE_ROWS - 1) // UPDATE_ROWS):
-            k = np.int64(i) * UPDATE_ROWS    # (see slots._slots_kernel)
+            k = np.int64(i) * UPDATE_ROWS    # (see slots._slots_loop)
             _update_rows(W, pW, mW, vW, Opt(code, mWs, mbs, vWs, vbs, mu, b1, ob1, b2, ob2, eps, wd),
                          lr, c1, c2, k, min(nrows, k + UPDATE_ROWS))
         _update_bias(net.b[l], part.b[l], mbs[l], vbs[l], opt, lr, c1, c2)

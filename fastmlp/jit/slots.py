@@ -12,7 +12,7 @@ Legend (the named tuples are in _types.py)
     bands    the first layer's pixel bands (sparse._band_cuts), or none
 
 A batch's rows are cut into a fixed number of contiguous slots (NSLOTS, independent of the
-thread count); ``_slots_kernel`` pranges over slots, each slot owns its partials, and the
+thread count); ``_slots_loop`` pranges over slots, each slot owns its partials, and the
 partials are summed in slot order afterwards: no races, the same bits for any thread count.
 ``_forward_kernel`` pranges over row ranges (each owns its output rows).
 """
@@ -130,32 +130,6 @@ def _warm_slot(part, net, s):
     return acc
 
 
-@njit(parallel=True, **FAST)
-def _slots_kernel(part, scr, net, X, y, rows, shifts, bands, inv_n):
-    """Gradients of the batch rows (row numbers into the CSR), left as per-slot partials.
-
-    part.W[l] has shape (nslots, fan_in, fan_out); each slot zeroes its own first. prange over
-    slots: slot s takes a contiguous share of the rows and owns part.W[l][s]; nothing is shared,
-    so there are no races, and the split does not depend on the number of threads.
-    Returns the summed cross-entropy over the rows (float64).
-    """
-    nslots = part.W[0].shape[0]
-    n = rows.shape[0]
-    losses = np.zeros(nslots)
-    W, b, offs = net          # (no tuple inside a tuple into a prange body: see _types)
-    pW, pb = part
-    for i in prange(nslots):
-        s = np.int64(i)      # (a prange index is uint64 in the parallel code and int64 when typed
-        r0 = (n * s) // nslots                # as a plain loop: without the cast every callee
-        r1 = (n * (s + 1)) // nslots          # is compiled twice, once for each)
-        losses[s] = _slot_grads(Grads(pW, pb), scr, Net(W, b, offs), X, y, rows, shifts,
-                                bands, inv_n, s, r0, r1)
-    total = 0.0
-    for s in range(nslots):
-        total += losses[s]
-    return total
-
-
 @njit(**STRICT)
 def _sum_slots(grads, part):
     """grads.W[l] = sum over s of part.W[l][s], in slot order (deterministic); the same for the
@@ -201,7 +175,7 @@ def _forward_kernel(outs, labels, net, X, bands, proba):
     rows = np.empty(n, dtype=np.int64)     # the identity: row numbers for _block_entries (a
     for i in range(n):                     # loop: np.arange would be a parallel region of its own)
         rows[i] = i
-    W, b, offs = net          # (see _slots_kernel)
+    W, b, offs = net          # (see _slots_loop)
     for i in prange(nslots):
         s = np.int64(i)
         _forward_range(outs, labels, Scratch(zrow, AT, dZT, col, rng, idx, pix, val),
@@ -242,7 +216,7 @@ def _forward_range(outs, labels, scr, net, X, rows, bands, proba, s, r0, r1):
                 _to_rows(o, b0, Z, nb)
 
 
-@njit(**FAST)
+@njit(parallel=True, **FAST)
 def _slots_loop(losses, grads, net, part, opt, steps, X, y, perm, shifts, bands, inv_ns, batch,
                 update):
     """len(steps.lr) steps over the rows perm (row numbers into the CSR), batch rows each: step
@@ -250,18 +224,42 @@ def _slots_loop(losses, grads, net, part, opt, steps, X, y, perm, shifts, bands,
     takes every row at every step (the full-batch loop); losses[i] is its mean loss. With
     update, each step's gradient updates net (opt's rule, steps' rates); without it (one step:
     loss_and_grads) the gradient is summed into grads and nothing is updated. One kernel for
-    the three uses: each compiled kernel holds the whole slot step (slot kernel, blocks, sparse
-    first layer) again, 10-20 s of compiling per dtype. (shifts: an empty array when none,
-    passed in rather than taken from a global, whose type would be a read-only array, and would
-    compile the whole chain of kernels a second time for it.)"""
-    scr = _alloc_scratch(net, X, part.W[0].shape[0])
+    the three uses: each compiled kernel holds the whole slot step (blocks, sparse first layer)
+    again, 10-20 s of compiling per dtype. (shifts: an empty array when none, passed in rather
+    than taken from a global, whose type would be a read-only array, and would compile the
+    whole chain of kernels a second time for it.)
+
+    Each step's gradients are left as per-slot partials: part.W[l] has shape (nslots, fan_in,
+    fan_out); a prange over slots, slot s taking a contiguous share of the step's rows and
+    owning part.W[l][s] (each zeroes its own first): nothing is shared, so there are no races,
+    and the split does not depend on the number of threads. The prange is in this kernel
+    itself, not in one it calls: each level of compiled kernels optimizes and emits the slot
+    step's code again. The scratch and the named tuples are unpacked before it and built
+    again inside (a prange body takes a named tuple made outside it only as an argument of its
+    function: see _types)."""
+    nslots = part.W[0].shape[0]
+    zrow, AT, dZT, col, rng, idx, pix, val = _alloc_scratch(net, X, nslots)
+    W, b, offs = net
+    pW, pb = part
+    slot_loss = np.zeros(nslots)
     n = perm.shape[0]
     for it in range(steps.lr.shape[0]):
         r0 = (it * batch) % n
         r1 = min(n, r0 + batch)
-        total = _slots_kernel(part, scr, net, X, y, perm[r0:r1],
-                              shifts[r0:r1] if shifts.shape[0] else shifts, bands, inv_ns[it])
-        losses[it] = total / (r1 - r0)
+        rows = perm[r0:r1]
+        sh = shifts[r0:r1] if shifts.shape[0] else shifts
+        m = r1 - r0
+        inv_n = inv_ns[it]
+        for i in prange(nslots):
+            s = np.int64(i)      # (a prange index is uint64 in the parallel code and int64 when typed
+            a = (m * s) // nslots                 # as a plain loop: without the cast every callee
+            c = (m * (s + 1)) // nslots           # is compiled twice, once for each)
+            slot_loss[s] = _slot_grads(Grads(pW, pb), Scratch(zrow, AT, dZT, col, rng, idx, pix, val),
+                                       Net(W, b, offs), X, y, rows, sh, bands, inv_n, s, a, c)
+        total = 0.0
+        for s in range(nslots):
+            total += slot_loss[s]
+        losses[it] = total / m
         if update:
             _update_from_slots(net, part, opt, steps.lr[it], steps.c1[it], steps.c2[it])
         else:
