@@ -481,13 +481,13 @@ _WARM = set()   # the kinds of run whose kernels this process has loaded
 
 def _warm_up(params, X, optimizer, batches):
     """Load (or compile, once per machine) the kernels a fit will use, once per process and
-    kind: the network's dtype, the input's value type, whether it has more than 65,536
-    features (csr._index_dtype), and which epoch kernel each batch size takes."""
+    kind: the network's dtype, the input's value type, the column index type (csr._index_dtype:
+    wide inputs are a kind of their own), and which epoch kernel each batch size takes."""
     from . import jit
+    from .jit.csr import _index_dtype
     xdtype = np.dtype(np.uint8) if X.dtype == np.uint8 else params.dtype
-    wide = X.shape[1] > 1 << 16                     # uint32 column indices: a kind of its own
     for batch in batches:
-        key = (params.dtype, xdtype, wide, batch <= jit.SPLIT_MAX_BATCH)
+        key = (params.dtype, xdtype, _index_dtype(X.shape[1]), batch <= jit.SPLIT_MAX_BATCH)
         if key in _WARM:
             continue
         rows = np.zeros((2, X.shape[1]), dtype=xdtype)

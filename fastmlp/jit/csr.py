@@ -272,9 +272,7 @@ def _compress(X, dtype, find_finite: bool, pixels: bool = True, keep_zeros=False
         _fill_csr(X, indptr, indices, values)
     if X.dtype == np.uint8:
         dt = np.dtype(dtype or np.float32)
-        lut = np.arange(256).astype(dt)
-        if pixels:
-            lut /= np.asarray(255, dtype=dt)
+        lut = _pixel_lut(dt, pixels)
         finite = True
     else:
         lut = np.zeros(0, dtype=X.dtype)
@@ -282,6 +280,15 @@ def _compress(X, dtype, find_finite: bool, pixels: bool = True, keep_zeros=False
     csr = CSR(*(_read_only(a) for a in (indptr, indices, values, lut)), X.shape[1])
     _remember(csr, finite, _kernel_csr(indptr, indices, values, lut, X.shape[1]))
     return csr
+
+
+def _pixel_lut(dt, pixels: bool = True) -> np.ndarray:
+    """The table of a CSR of uint8 values in dtype dt: pixel / 255 (exactly the reference's
+    values), or with pixels False the values as they are."""
+    lut = np.arange(256).astype(dt)
+    if pixels:
+        lut /= np.asarray(255, dtype=dt)
+    return lut
 
 
 def from_scipy(A, dtype) -> CSR:
@@ -479,7 +486,7 @@ def _numpy_csr(X, dtype) -> CSR:
     indptr = np.zeros(len(X) + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=len(X)), out=indptr[1:])
     if X.dtype == np.uint8:
-        lut = np.arange(256).astype(dt) / np.asarray(255, dtype=dt)
+        lut = _pixel_lut(dt)
         values = X[rows, cols]
     else:
         lut = np.zeros(0, dtype=dt)
