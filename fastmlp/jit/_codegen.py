@@ -256,6 +256,9 @@ def _value(pix, val, lut, p):
 # accumulator lives in vector registers for the whole row, at any width; without the JIT the
 # plain Numba loops of sparse.py run instead.
 
+VECTOR_BYTES = 32   # the row loops' vectors: a ymm register (the IR below; split._update_half)
+
+
 class _Vec:
     """Helpers for IR over vectors of 32 bytes (8 float32 or 4 float64: a ymm register each) of
     one float dtype: constants, (masked) loads and stores, llvm.fmuladd, broadcasts, counted
@@ -267,7 +270,7 @@ class _Vec:
         self.ft = context.get_value_type(dtype)
         self.i64, self.i32 = ir.IntType(64), ir.IntType(32)
         self.align = self.bits // 8
-        self.c = c = 256 // self.bits
+        self.c = c = VECTOR_BYTES * 8 // self.bits
         self.V = V = ir.VectorType(self.ft, c)
         M = ir.VectorType(ir.IntType(1), c)
         vname = f"v{c}f{self.bits}"

@@ -26,9 +26,10 @@ from numba import njit
 from ..params import Params, empty_aligned, zeros_aligned
 from . import _options
 from ._options import BLOCK, FAST, STRICT
+from ._codegen import VECTOR_BYTES
 from ._atomics import DONE, _atomic_store, _take, _wait_done
 from .csr import CSR, _cached_for_csr, _densest_row, _pixel_counts, _row_cuts
-from .sparse import _block_entries, _sparse_matmul, _sparse_outer
+from .sparse import _block_entries, _full_run, _sparse_matmul, _sparse_outer
 from .dense import _block_backward_dense, _block_forward_dense, _block_softmax_xent, _to_features_sum
 from .optim import _update_bias, _update_rows
 from .slots import _alloc_scratch
@@ -63,11 +64,24 @@ def _split_scratch(params: Params, batch: int, csr: CSR) -> Split:
     n_in, H = params.sizes[0], params.sizes[1]
     cap = batch * _densest_row(csr.indptr)
     pixels = len(csr.lut) != 0
+    bycap = cap if _by_pixel_pays(params, batch, csr) else 0
     return Split(jsplit, cut, np.empty((2, 2, batch), np.int64), np.empty((2, cap), csr.indices.dtype),
                  np.empty((2, cap if pixels else 0), np.uint8),
                  np.empty((2, 0 if pixels else cap), dt), empty_aligned((2, batch, H), dt),
                  empty_aligned((batch, H), dt), empty_aligned((1, n_in, H), dt),
-                 zeros_aligned(H, dt))
+                 zeros_aligned(H, dt), np.empty((2, 2, n_in if bycap else 0), np.int64),
+                 np.empty((2, bycap), csr.indices.dtype),
+                 np.empty((2, bycap if pixels else 0), np.uint8),
+                 np.empty((2, 0 if pixels else bycap), dt), np.zeros(2, np.bool_))
+
+
+def _by_pixel_pays(params: Params, batch: int, csr: CSR) -> bool:
+    """Whether the split step computes the first layer's weight gradient by pixel (see
+    _update_half): where the width ends in a partial vector, and the batch holds on average
+    at least PIXEL_MIN_ENTRIES entries a pixel."""
+    H, n_in = params.sizes[1], params.sizes[0]
+    per_pixel = batch * csr.indptr[-1] / max(1, len(csr)) / n_in
+    return H % (VECTOR_BYTES // params.dtype.itemsize) != 0 and per_pixel >= _options.PIXEL_MIN_ENTRIES
 
 
 @njit(inline="always", **STRICT)
@@ -88,6 +102,12 @@ def _forward_half(sp, net, X, rows, shifts, h):
     idx, pix, val = _block_entries(sp.rng[h], sp.idx[h], sp.pix[h], sp.val[h], X, starts, ends,
                                    rows, shifts, 0, n, j0, j1)
     _sparse_matmul(sp.zpart[h], net.W[0], sp.zero_b, sp.rng[h], idx, pix, val, X.lut, n)
+    # by pixel (see _update_half) where _by_pixel_pays gave sp the arrays, unless the rows are
+    # full (dense data); regrouped now, while the entries are in cache
+    sp.bypix[h] = sp.crng.shape[2] > 0 and _full_run(sp.rng[h], idx, X.lut, n)[1] == 0
+    if sp.bypix[h]:
+        _by_pixel(sp.crng[h], sp.cidx[h], sp.cpix[h], sp.cval[h], sp.rng[h], idx, pix, val,
+                  X.lut.shape[0] != 0, n, j0, j1)
 
 
 @njit(inline="always", **FAST)
@@ -117,20 +137,73 @@ def _dense_half(part, scr, sp, net, y, rows, inv_n, h):
     return loss
 
 
+@njit(**FAST)
+def _by_pixel(crng, cidx, cpix, cval, rng, idx, pix, val, pixels, n, j0, j1):
+    """Regroup the entries of a block's rows t < n (rows as in _sparse_matmul: rng, idx, and
+    pix or val), which all lie in the pixels j0 <= j < j1 (a half's own range), by pixel, a
+    stable counting sort: pixel j's entries
+    are then the rows cidx[q] with the values cpix[q] or cval[q], for crng[0, j - j0] <= q <
+    crng[1, j - j0], rows in increasing order. (The block transposed: rows become pixels.)"""
+    start, end = crng[0], crng[1]
+    for j in range(j1 - j0):
+        start[j] = 0
+    for t in range(n):
+        for p in range(rng[0, t], rng[1, t]):
+            start[np.int64(idx[p]) - j0] += 1
+    s = 0
+    for j in range(j1 - j0):
+        c = start[j]
+        start[j] = s
+        end[j] = s
+        s += c
+    for t in range(n):
+        for p in range(rng[0, t], rng[1, t]):
+            j = np.int64(idx[p]) - j0
+            q = end[j]
+            end[j] = q + 1
+            cidx[q] = t
+            if pixels:
+                cpix[q] = pix[p]
+            else:
+                cval[q] = val[p]
+
+
 @njit(inline="always", **STRICT)
 def _update_half(net, sp, opt, X, shifts, lr, c1, c2, h, n):
     """Phase 3, half h: the first layer's weight gradient for h's own pixel rows (the sparse
     x.T @ dz over the batch's n rows, in row order) and the optimizer step of those rows.
-    Strict arithmetic in the update, as everywhere (see _options.STRICT)."""
+    Strict arithmetic in the update, as everywhere (see _options.STRICT).
+
+    The gradient's row j is the sum over the batch rows t that hold pixel j of x_tj * dz_t,
+    computed one of two ways, with the same bits (each element of row j is the same chain of
+    multiply-adds from zero, in row order):
+
+    - row by row (_sparse_outer): every entry adds x_tj * dz_t to weight row j in place;
+    - by pixel: the batch's entries regrouped by pixel (_by_pixel), then the forward's row loop
+      with dz1 for W (_sparse_matmul), each gradient row's sum in registers while its entries
+      go by.
+
+    Row by row is faster when the width is a whole number of vectors (72 float32: 45 against
+    42 ms of single-core time for an MNIST epoch's gradients, regrouping included). Otherwise
+    its partial last vector goes lane by lane (_codegen._ir_row_loop: a masked store is
+    microcode on AMD CPUs) and costs as much as the rest of the row: width 100, 101 ms row by
+    row, 64 ms by pixel (Zen 4). So by pixel where the width ends in a partial vector and the
+    pixels hold enough of the batch's entries to pay for regrouping (_by_pixel_pays, which
+    gives sp its by-pixel arrays, else they are empty); a block of full rows (dense data) runs
+    the dense tiles of _sparse_outer."""
     W1 = net.W[0]
     g = sp.gW1[0]
     j0, j1 = _halves(h, sp.jsplit, W1.shape[0])
-    g[j0:j1] = 0
     if shifts.shape[0] > 0:
         idx, pix, val = sp.idx[h], sp.pix[h], sp.val[h]
     else:
         idx, pix, val = X.indices, X.pixels, X.values
-    _sparse_outer(g, sp.rng[h], idx, pix, val, X.lut, n, sp.dz1)
+    if sp.bypix[h]:                              # (regrouped by _forward_half)
+        _sparse_matmul(g[j0:j1], sp.dz1, sp.zero_b, sp.crng[h], sp.cidx[h], sp.cpix[h],
+                       sp.cval[h], X.lut, j1 - j0)
+    else:
+        g[j0:j1] = 0
+        _sparse_outer(g, sp.rng[h], idx, pix, val, X.lut, n, sp.dz1)
     _update_rows(W1, sp.gW1, opt.mW[0], opt.vW[0], opt, lr, c1, c2, j0, j1)
 
 
@@ -174,15 +247,14 @@ def _split_task(halfloss, net, part, opt, scr, sp, steps, X, y, perm, shifts, in
     r1 = min(n, r0 + batch)
     r2 = min(n, r1 + batch)              # the next step's rows (none after the last step)
     has_shifts = shifts.shape[0] > 0
-    if t == 0:
-        _forward_half(sp, net, X, perm[:batch], shifts[:batch] if has_shifts else shifts, k)
-    elif t % 2 == 1:
+    if t % 2 == 1:
         halfloss[i, k] = _dense_half(part, scr, sp, net, y, perm[r0:r1], inv_ns[i], k)
-    else:
+        return
+    if t > 0:
         _update_half(net, sp, opt, X, shifts[r0:r1] if has_shifts else shifts, steps.lr[i],
                      steps.c1[i], steps.c2[i], k, r1 - r0)
-        if r2 > r1:
-            _forward_half(sp, net, X, perm[r1:r2], shifts[r1:r2] if has_shifts else shifts, k)
+    if r2 > r1:                          # (one call site: every call site is compiled again)
+        _forward_half(sp, net, X, perm[r1:r2], shifts[r1:r2] if has_shifts else shifts, k)
 
 
 @njit(nogil=True, **STRICT)

@@ -139,3 +139,106 @@ def test_split_index_is_made_once_per_csr_and_forgotten_with_it(mnist_train):
     del C, other, starts, ends, row       # (views keep the CSR's arrays alive)
     gc.collect()
     assert len(csr._CSR_CACHE) == before
+
+
+def _epoch_arrays(p0, X, y, perm, batch, opt, shifts=None):
+    p = p0.copy()
+    s = J.init_state(p, opt)
+    lr = 1e-3 if opt == "adam" else 0.05
+    losses = J.sgd_epoch(p, s, X, y, perm, batch, np.full(-(-len(perm) // batch), lr),
+                         optimizer=opt, shifts=shifts, weight_decay=1e-4)
+    return [losses] + p.arrays() + s
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="the same bits only in compiled code (the Python twins "
+                                         "add four entries at a time)")
+@pytest.mark.parametrize("dtype, width, kind, shifted", [
+    (np.float32, 100, "pixels", False), (np.float32, 100, "floats", True),
+    (np.float32, 36, "floats", False), (np.float64, 98, "pixels", True)])
+def test_split_gradient_by_pixel_same_bits_as_row_by_row(mnist_train, monkeypatch, dtype, width,
+                                                         kind, shifted):
+    """Widths that end in a partial vector take the first layer's gradient by pixel in the split
+    step (_by_pixel_pays): an epoch must give the same bits as row by row (forced by asking
+    for more entries a pixel than any batch holds), with uint8 pixels and floats, shifted
+    images and not."""
+    X8, y = mnist_train[0][:3000], mnist_train[1][:3000].astype(np.int64)
+    X = J.prepare(X8, dtype) if kind == "pixels" else J.to_csr(X8.astype(dtype) / dtype(255))
+    p0 = init_params((784, width, 10), "he", 4, dtype)
+    rng = np.random.default_rng(6)
+    perm = rng.permutation(3000)
+    shifts = rng.integers(-2, 3, size=(3000, 2)).astype(np.int8) if shifted else None
+    assert split._by_pixel_pays(p0, 200, X)
+    by_pixel = _epoch_arrays(p0, X, y, perm, 200, "adam", shifts)
+    monkeypatch.setattr(_options, "PIXEL_MIN_ENTRIES", np.inf)
+    assert not split._by_pixel_pays(p0, 200, X)
+    by_row = _epoch_arrays(p0, X, y, perm, 200, "adam", shifts)
+    for a, b in zip(by_pixel, by_row):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.small
+def test_by_pixel_only_for_partial_vectors_and_enough_entries(mnist_train):
+    """The rule of _by_pixel_pays: the width must end in a partial 32-byte vector (72 float32
+    and 72 float64 do not, 100 float32 and 98 float64 do) and a batch must hold at least
+    PIXEL_MIN_ENTRIES entries a pixel on average (MNIST batches of 128: about 24)."""
+    X = J.prepare(mnist_train[0][:500], np.float32)
+    pays = lambda sizes, dt, batch: split._by_pixel_pays(init_params(sizes, "he", 0, dt), batch, X)
+    assert not pays((784, 72, 10), np.float32, 128)
+    assert not pays((784, 72, 10), np.float64, 128)
+    assert pays((784, 100, 10), np.float32, 128)
+    assert pays((784, 98, 10), np.float64, 128)
+    assert pays((784, 36, 10), np.float32, 128)
+    assert not pays((784, 100, 10), np.float32, 10)    # 10 rows: about 2 entries a pixel
+
+
+@pytest.mark.small
+def test_by_pixel_regroups_a_block_as_its_transpose(mnist_train):
+    """_by_pixel on a block of CSR rows' entries in a pixel range (as the split step's halves
+    give it: each row cut where its columns reach j0 and j1): pixel j's rows and values are the
+    block's column j (scipy's CSC of the same rows: rows in increasing order), for uint8
+    pixels and floats."""
+    import scipy.sparse as sps
+    X8 = mnist_train[0][100:140]
+    rows = np.array([5, 0, 39, 12, 7, 7, 20], dtype=np.int64)
+    j0, j1 = 200, 600
+    for C in (J.prepare(X8, np.float32), J.to_csr(X8.astype(np.float32) / np.float32(255))):
+        pixels = len(C.lut) != 0
+        rng = np.array([[C.indptr[i] + np.searchsorted(C.indices[C.indptr[i]:C.indptr[i + 1]], j)
+                         for i in rows] for j in (j0, j1)], dtype=np.int64)
+        cap = int(np.sum(rng[1] - rng[0]))
+        crng = np.empty((2, 784), np.int64)
+        cidx = np.empty(cap, C.indices.dtype)
+        cpix = np.empty(cap if pixels else 0, np.uint8)
+        cval = np.empty(0 if pixels else cap, np.float32)
+        pix = C.values if pixels else np.empty(0, np.uint8)
+        val = np.empty(0, np.float32) if pixels else C.values
+        split._by_pixel(crng, cidx, cpix, cval, rng, C.indices, pix, val, pixels, len(rows), j0, j1)
+        block = sps.csr_matrix((C.values, C.indices, C.indptr), shape=(40, 784))[rows][:, j0:j1]
+        csc = block.tocsc()
+        csc.sort_indices()
+        assert np.array_equal(crng[0, :j1 - j0], csc.indptr[:-1])
+        assert np.array_equal(crng[1, :j1 - j0], csc.indptr[1:])
+        assert np.array_equal(cidx[:cap], csc.indices)
+        assert np.array_equal(cpix if pixels else cval[:cap], csc.data)
+
+
+@pytest.mark.small
+def test_small_epoch_by_pixel_follows_the_reference(mnist_train, monkeypatch):
+    """The split step with the gradient by pixel (forced: PIXEL_MIN_ENTRIES 0) on 12 real
+    images at width 98 (float64: a partial last vector), small enough for the kernel bodies
+    as plain Python: the reference."""
+    monkeypatch.setattr(_options, "PIXEL_MIN_ENTRIES", 0)
+    X8, y = mnist_train[0][30:42], mnist_train[1][30:42].astype(np.int64)
+    p0 = init_params((784, 98, 10), "he", 2, np.float64)
+    pr, pj = p0.copy(), p0.copy()
+    sr, sj = R.init_state(pr, "adam"), R.init_state(pj, "adam")
+    perm = np.random.default_rng(2).permutation(12)
+    shifts = np.random.default_rng(3).integers(-2, 3, size=(12, 2))
+    assert split._by_pixel_pays(pj, 5, J.prepare(X8, np.float64))
+    le_ref = R.sgd_epoch(pr, sr, R.prepare(X8, np.float64), y, perm, 5, [1e-3] * 3,
+                         optimizer="adam", shifts=shifts)
+    le_jit = J.sgd_epoch(pj, sj, J.prepare(X8, np.float64), y, perm, 5, [1e-3] * 3,
+                         optimizer="adam", shifts=shifts)
+    np.testing.assert_allclose(le_jit, le_ref, rtol=1e-10)
+    for a, b in zip(pj.arrays() + sj, pr.arrays() + sr):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
