@@ -183,11 +183,11 @@ def _update_half(net, sp, opt, X, shifts, lr, c1, c2, h, n):
       with dz1 for W (_sparse_matmul), each gradient row's sum in registers while its entries
       go by.
 
-    Row by row is faster when the width is a whole number of vectors (72 float32: 45 against
-    42 ms of single-core time for an MNIST epoch's gradients, regrouping included). Otherwise
-    its partial last vector goes lane by lane (_codegen._ir_row_loop: a masked store is
-    microcode on AMD CPUs) and costs as much as the rest of the row: width 100, 101 ms row by
-    row, 64 ms by pixel (Zen 4). So by pixel where the width ends in a partial vector and the
+    Row by row is faster when the width is a whole number of vectors (72 float32: an MNIST
+    epoch in 67 against 75 ms by pixel). Otherwise the rows' read-modify-writes cost about
+    twice as much: every other weight row's vectors straddle cache lines, and the partial
+    last vector goes lane by lane (_codegen._ir_row_loop): width 100, 101 ms of single-core
+    time row by row, 64 ms by pixel (Zen 4). So by pixel where the width ends in a partial vector and the
     pixels hold enough of the batch's entries to pay for regrouping (_by_pixel_pays, which
     gives sp its by-pixel arrays, else they are empty); a block of full rows (dense data) runs
     the dense tiles of _sparse_outer."""
