@@ -20,7 +20,8 @@ from ..common import accuracy_of, init_state
 from . import _options
 from ._fork import _check_not_forked
 from .csr import CSR, _as_csr, _numpy_csr, _writable, prepare
-from .sparse import _band_cuts
+from ._options import BLOCK
+from .sparse import _band_cuts, _by_pixel_pays
 from .slots import _forward_kernel, _slots_loop
 from .split import _split_epoch, _split_scratch
 from ._types import Grads, Net, padded
@@ -97,7 +98,7 @@ def loss_and_grads(params: Params, X, y):
     loss = np.empty(1)
     _slots_loop(loss, _grads(grads), _net(params), _partials(params, _nslots(n)), opt, steps,
                 csr, y, np.arange(n), _NO_SHIFTS, _bands_for(params, X, csr),
-                np.full(1, 1.0 / n, params.dtype), n, False)
+                np.full(1, 1.0 / n, params.dtype), n, False, _by_pixel_pays(params, BLOCK, csr))
     return loss[0], grads
 
 
@@ -185,7 +186,8 @@ def gd_steps(params, state, X, y, lrs, t0=0, optimizer="gd", **hyper):
     rows = np.arange(n, dtype=np.int64)
     _slots_loop(losses, _no_grads(params), _net(params), _partials(params, _nslots(n)), opt,
                 steps, csr, y, rows, _NO_SHIFTS, _bands_for(params, X, csr),
-                np.full(len(losses), 1.0 / n, params.dtype), n, True)
+                np.full(len(losses), 1.0 / n, params.dtype), n, True,
+                _by_pixel_pays(params, BLOCK, csr))
     return losses
 
 
@@ -212,7 +214,8 @@ def sgd_epoch(params, state, X, y, perm, batch_size, lrs, t0=0, optimizer="sgd",
                      batch_size)
         return losses
     _slots_loop(losses, _no_grads(params), _net(params), _partials(params, _nslots(batch_size)),
-                opt, lrs, csr, y, perm, shifts, _NO_BANDS, inv_ns, batch_size, True)
+                opt, lrs, csr, y, perm, shifts, _NO_BANDS, inv_ns, batch_size, True,
+                _by_pixel_pays(params, BLOCK, csr))
     return losses
 
 

@@ -24,7 +24,8 @@ from numba import njit, prange
 
 from ._options import BLOCK, FAST, NSLOTS_FWD, STRICT
 from .csr import _densest_row
-from .sparse import _block_entries, _first_layer, _sparse_outer
+from .sparse import (_block_entries, _by_pixel, _first_layer, _full_run, _sparse_matmul_add,
+                     _sparse_outer)
 from .dense import (_argmax_rows, _block_backward_dense, _block_forward_dense, _block_softmax,
                     _block_softmax_xent, _clear_argmax, _to_features, _to_rows)
 from .optim import _update_from_slots
@@ -51,38 +52,50 @@ def _block_forward(AT, zrow, net, X, rng, idx, pix, val, bands, rows, b0, nb):
 
 
 @njit(inline="always", **FAST)
-def _block_backward(part, dzrow, net, X, rng, idx, pix, val, AT, dZT, s, nb):
+def _block_backward(part, scr, dzrow, net, X, rng, idx, pix, val, AT, dZT, s, nb):
     """Add the block's gradients into slot s of the partials, from dZT (the output layer's
     dL/dZ, feature-major) down to the first layer. Layers in reverse order of the forward pass:
 
         dW[l][k, m] += sum_t A[k, t] dZ[m, t]      db[l][m] += sum_t dZ[m, t]
         dA[k, t]     = sum_m W[k, m] dZ[m, t]      dZ_below = dA where A > 0 (the ReLU mask)
 
-    The first layer's gradient is the sparse x.T @ dz per row (dzrow: the block's dZ row-major).
-    The input layer's dA is never formed.
+    The first layer's gradient is the sparse x.T @ dz per row (dzrow: the block's dZ row-major),
+    or by pixel where scr has the arrays for it (see sparse._by_pixel_pays). The input layer's
+    dA is never formed.
     """
     _block_backward_dense(net.W, nb, net.offs, AT, dZT, part.W, part.b, s, dzrow)
-    _sparse_outer(part.W[0][s], rng, idx, pix, val, X.lut, nb, dzrow)
+    if scr.crng.shape[2] > 0 and _full_run(rng, idx, X.lut, nb)[1] == 0:
+        n_in = net.W[0].shape[0]      # by pixel (sparse._by_pixel_pays): the same bits
+        crng, cidx, cpix, cval = scr.crng[s], scr.cidx[s], scr.cpix[s], scr.cval[s]
+        _by_pixel(crng, cidx, cpix, cval, rng, idx, pix, val, X.lut.shape[0] != 0, nb, 0, n_in)
+        _sparse_matmul_add(part.W[0][s], dzrow, crng, cidx, cpix, cval, X.lut, n_in)
+    else:
+        _sparse_outer(part.W[0][s], rng, idx, pix, val, X.lut, nb, dzrow)
 
 
 @njit(**STRICT)
-def _alloc_scratch(net, X, nslots):
+def _alloc_scratch(net, X, nslots, by_pixel):
     """Per-slot scratch for the block kernels (a Scratch), in the working dtype (the CSR's).
     Allocated once per call of a kernel or a training loop, not once per step; room for BLOCK of
     the densest row's entries (a shifted image never has more non-zero pixels than the
-    original). Allocated in compiled code: a tuple of arrays passed from Python costs a few
+    original); the by-pixel arrays only with by_pixel (else empty). Allocated in compiled code: a tuple of arrays passed from Python costs a few
     microseconds per array at every call, which small batches feel."""
     cap = BLOCK * _densest_row(X.indptr)
     dt = X.values.dtype
     pixels = X.lut.shape[0] != 0
     units = net.offs[-1]
+    bycap = cap if by_pixel else 0
     return Scratch(np.empty((nslots, BLOCK, net.W[0].shape[1]), dtype=dt),
                    np.empty((nslots, units, BLOCK), dtype=dt),
                    np.empty((nslots, units, BLOCK), dtype=dt),
                    np.empty((nslots, 2, BLOCK), dtype=dt), np.empty((nslots, 2, BLOCK), dtype=np.int64),
                    np.empty((nslots, cap), dtype=X.indices.dtype),
                    np.empty((nslots, cap if pixels else 0), dtype=np.uint8),
-                   np.empty((nslots, 0 if pixels else cap), dtype=dt))
+                   np.empty((nslots, 0 if pixels else cap), dtype=dt),
+                   np.empty((nslots, 2, net.W[0].shape[0] if by_pixel else 0), dtype=np.int64),
+                   np.empty((nslots, bycap), dtype=X.indices.dtype),
+                   np.empty((nslots, bycap if pixels else 0), dtype=np.uint8),
+                   np.empty((nslots, 0 if pixels else bycap), dtype=dt))
 
 
 @njit(inline="always", **FAST)
@@ -109,7 +122,7 @@ def _slot_grads(part, scr, net, X, y, rows, shifts, bands, inv_n, s, r0, r1):
                        bands if shifts.shape[0] == 0 else bands[:0], rows, b0, nb)
         loss += _block_softmax_xent(AT[offs[L - 1]:offs[L]], y, rows, b0, nb, inv_n,
                                     dZT[offs[L - 1]:offs[L]], colmax, colsum)
-        _block_backward(part, zrow, net, X, rng, idx, pix, val, AT, dZT, s, nb)
+        _block_backward(part, scr, zrow, net, X, rng, idx, pix, val, AT, dZT, s, nb)
     return loss
 
 
@@ -171,14 +184,16 @@ def _forward_kernel(outs, labels, net, X, bands, proba):
     was a second kernel: one more level of compiling, 5 s per dtype, for the same code.)"""
     n = X.indptr.shape[0] - 1
     nslots = min(NSLOTS_FWD, (n + BLOCK - 1) // BLOCK)
-    zrow, AT, dZT, col, rng, idx, pix, val = _alloc_scratch(net, X, nslots)
+    zrow, AT, dZT, col, rng, idx, pix, val, crng, cidx, cpix, cval = _alloc_scratch(net, X, nslots,
+                                                                                  False)
     rows = np.empty(n, dtype=np.int64)     # the identity: row numbers for _block_entries (a
     for i in range(n):                     # loop: np.arange would be a parallel region of its own)
         rows[i] = i
     W, b, offs = net          # (see _slots_loop)
     for i in prange(nslots):
         s = np.int64(i)
-        _forward_range(outs, labels, Scratch(zrow, AT, dZT, col, rng, idx, pix, val),
+        _forward_range(outs, labels, Scratch(zrow, AT, dZT, col, rng, idx, pix, val, crng, cidx,
+                                             cpix, cval),
                        Net(W, b, offs), X, rows, bands, proba, s,
                        (n * s) // nslots, (n * (s + 1)) // nslots)
 
@@ -218,14 +233,15 @@ def _forward_range(outs, labels, scr, net, X, rows, bands, proba, s, r0, r1):
 
 @njit(parallel=True, **FAST)
 def _slots_loop(losses, grads, net, part, opt, steps, X, y, perm, shifts, bands, inv_ns, batch,
-                update):
+                update, by_pixel):
     """len(steps.lr) steps over the rows perm (row numbers into the CSR), batch rows each: step
     i takes perm[r0:r0 + batch] with r0 = i * batch modulo len(perm), so batch = len(perm)
     takes every row at every step (the full-batch loop); losses[i] is its mean loss. With
     update, each step's gradient updates net (opt's rule, steps' rates); without it (one step:
     loss_and_grads) the gradient is summed into grads and nothing is updated. One kernel for
     the three uses: each compiled kernel holds the whole slot step (blocks, sparse first layer)
-    again, 10-20 s of compiling per dtype. (shifts: an empty array when none, passed in rather
+    again, 10-20 s of compiling per dtype. by_pixel: the first layer's weight gradient by pixel
+    (sparse._by_pixel_pays for blocks of BLOCK rows). (shifts: an empty array when none, passed in rather
     than taken from a global, whose type would be a read-only array, and would compile the
     whole chain of kernels a second time for it.)
 
@@ -238,7 +254,8 @@ def _slots_loop(losses, grads, net, part, opt, steps, X, y, perm, shifts, bands,
     again inside (a prange body takes a named tuple made outside it only as an argument of its
     function: see _types)."""
     nslots = part.W[0].shape[0]
-    zrow, AT, dZT, col, rng, idx, pix, val = _alloc_scratch(net, X, nslots)
+    zrow, AT, dZT, col, rng, idx, pix, val, crng, cidx, cpix, cval = _alloc_scratch(net, X, nslots,
+                                                                                  by_pixel)
     W, b, offs = net
     pW, pb = part
     slot_loss = np.zeros(nslots)
@@ -254,8 +271,9 @@ def _slots_loop(losses, grads, net, part, opt, steps, X, y, perm, shifts, bands,
             s = np.int64(i)      # (a prange index is uint64 in the parallel code and int64 when typed
             a = (m * s) // nslots                 # as a plain loop: without the cast every callee
             c = (m * (s + 1)) // nslots           # is compiled twice, once for each)
-            slot_loss[s] = _slot_grads(Grads(pW, pb), Scratch(zrow, AT, dZT, col, rng, idx, pix, val),
-                                       Net(W, b, offs), X, y, rows, sh, bands, inv_n, s, a, c)
+            scr = Scratch(zrow, AT, dZT, col, rng, idx, pix, val, crng, cidx, cpix, cval)
+            slot_loss[s] = _slot_grads(Grads(pW, pb), scr, Net(W, b, offs), X, y, rows, sh, bands,
+                                       inv_n, s, a, c)
         total = 0.0
         for s in range(nslots):
             total += slot_loss[s]

@@ -26,10 +26,10 @@ from numba import njit
 from ..params import Params, empty_aligned, zeros_aligned
 from . import _options
 from ._options import BLOCK, FAST, STRICT
-from ._codegen import VECTOR_BYTES
 from ._atomics import DONE, _atomic_store, _take, _wait_done
 from .csr import CSR, _cached_for_csr, _densest_row, _pixel_counts, _row_cuts
-from .sparse import _block_entries, _full_run, _sparse_matmul, _sparse_outer
+from .sparse import (_block_entries, _by_pixel, _by_pixel_pays, _full_run, _sparse_matmul,
+                     _sparse_outer)
 from .dense import _block_backward_dense, _block_forward_dense, _block_softmax_xent, _to_features_sum
 from .optim import _update_bias, _update_rows
 from .slots import _alloc_scratch
@@ -74,14 +74,6 @@ def _split_scratch(params: Params, batch: int, csr: CSR) -> Split:
                  np.empty((2, bycap if pixels else 0), np.uint8),
                  np.empty((2, 0 if pixels else bycap), dt), np.zeros(2, np.bool_))
 
-
-def _by_pixel_pays(params: Params, batch: int, csr: CSR) -> bool:
-    """Whether the split step computes the first layer's weight gradient by pixel (see
-    _update_half): where the width ends in a partial vector, and the batch holds on average
-    at least PIXEL_MIN_ENTRIES entries a pixel."""
-    H, n_in = params.sizes[1], params.sizes[0]
-    per_pixel = batch * csr.indptr[-1] / max(1, len(csr)) / n_in
-    return H % (VECTOR_BYTES // params.dtype.itemsize) != 0 and per_pixel >= _options.PIXEL_MIN_ENTRIES
 
 
 @njit(inline="always", **STRICT)
@@ -137,36 +129,6 @@ def _dense_half(part, scr, sp, net, y, rows, inv_n, h):
     return loss
 
 
-@njit(**FAST)
-def _by_pixel(crng, cidx, cpix, cval, rng, idx, pix, val, pixels, n, j0, j1):
-    """Regroup the entries of a block's rows t < n (rows as in _sparse_matmul: rng, idx, and
-    pix or val), which all lie in the pixels j0 <= j < j1 (a half's own range), by pixel, a
-    stable counting sort: pixel j's entries
-    are then the rows cidx[q] with the values cpix[q] or cval[q], for crng[0, j - j0] <= q <
-    crng[1, j - j0], rows in increasing order. (The block transposed: rows become pixels.)"""
-    start, end = crng[0], crng[1]
-    for j in range(j1 - j0):
-        start[j] = 0
-    for t in range(n):
-        for p in range(rng[0, t], rng[1, t]):
-            start[np.int64(idx[p]) - j0] += 1
-    s = 0
-    for j in range(j1 - j0):
-        c = start[j]
-        start[j] = s
-        end[j] = s
-        s += c
-    for t in range(n):
-        for p in range(rng[0, t], rng[1, t]):
-            j = np.int64(idx[p]) - j0
-            q = end[j]
-            end[j] = q + 1
-            cidx[q] = t
-            if pixels:
-                cpix[q] = pix[p]
-            else:
-                cval[q] = val[p]
-
 
 @njit(inline="always", **STRICT)
 def _update_half(net, sp, opt, X, shifts, lr, c1, c2, h, n):
@@ -183,13 +145,9 @@ def _update_half(net, sp, opt, X, shifts, lr, c1, c2, h, n):
       with dz1 for W (_sparse_matmul), each gradient row's sum in registers while its entries
       go by.
 
-    Row by row is faster when the width is a whole number of vectors (72 float32: an MNIST
-    epoch in 67 against 75 ms by pixel). Otherwise the rows' read-modify-writes cost about
-    twice as much: every other weight row's vectors straddle cache lines, and the partial
-    last vector goes lane by lane (_codegen._ir_row_loop): width 100, 101 ms of single-core
-    time row by row, 64 ms by pixel (Zen 4). So by pixel where the width ends in a partial vector and the
-    pixels hold enough of the batch's entries to pay for regrouping (_by_pixel_pays, which
-    gives sp its by-pixel arrays, else they are empty); a block of full rows (dense data) runs
+    By pixel where _by_pixel_pays (the width ends in a partial vector, and the pixels hold
+    enough of the batch's entries to pay for regrouping), which gives sp its by-pixel arrays
+    (else they are empty), unless the rows are full (dense data): a block of full rows runs
     the dense tiles of _sparse_outer."""
     W1 = net.W[0]
     g = sp.gW1[0]
@@ -292,7 +250,7 @@ def _split_epoch(losses, net, part, opt, sp, steps, X, y, perm, shifts, inv_ns, 
     Not a Numba parallel region: a prange here cost 15 s of compiling (a third of the epoch's),
     and the threads hand over through the task cells anyway; starting a thread costs ~0.1 ms
     per epoch."""
-    scr = _alloc_scratch(net, X, 2)
+    scr = _alloc_scratch(net, X, 2, False)
     nsteps = steps.lr.shape[0]
     halfloss = np.zeros((nsteps, 2))
     state = np.zeros(3 * (2 * nsteps + 1), dtype=np.int64)

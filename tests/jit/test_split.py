@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fastmlp import init_params, jit as J, reference as R
-from fastmlp.jit import _options, csr, split
+from fastmlp.jit import _options, csr, sparse, split
 
 from support import JIT_DISABLED
 
@@ -167,11 +167,41 @@ def test_split_gradient_by_pixel_same_bits_as_row_by_row(mnist_train, monkeypatc
     rng = np.random.default_rng(6)
     perm = rng.permutation(3000)
     shifts = rng.integers(-2, 3, size=(3000, 2)).astype(np.int8) if shifted else None
-    assert split._by_pixel_pays(p0, 200, X)
+    assert sparse._by_pixel_pays(p0, 200, X)
     by_pixel = _epoch_arrays(p0, X, y, perm, 200, "adam", shifts)
     monkeypatch.setattr(_options, "PIXEL_MIN_ENTRIES", np.inf)
-    assert not split._by_pixel_pays(p0, 200, X)
+    assert not sparse._by_pixel_pays(p0, 200, X)
     by_row = _epoch_arrays(p0, X, y, perm, 200, "adam", shifts)
+    for a, b in zip(by_pixel, by_row):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="the same bits only in compiled code")
+@pytest.mark.parametrize("dtype, width, kind", [(np.float32, 100, "pixels"),
+                                                (np.float64, 98, "floats")])
+def test_slot_step_gradient_by_pixel_same_bits_as_row_by_row(mnist_train, monkeypatch, dtype,
+                                                             width, kind):
+    """The slot step (full batches, loss_and_grads, mini-batches over SPLIT_MAX_BATCH rows)
+    takes the same by-pixel gradient, block by block, each slot's sums continuing from its
+    partial: the same bits as row by row."""
+    X8, y = mnist_train[0][:2500], mnist_train[1][:2500].astype(np.int64)
+    X = J.prepare(X8, dtype) if kind == "pixels" else J.to_csr(X8.astype(dtype) / dtype(255))
+    p0 = init_params((784, width, 10), "he", 7, dtype)
+    perm = np.random.default_rng(8).permutation(2500)
+    shifts = np.random.default_rng(9).integers(-2, 3, size=(2500, 2)).astype(np.int8)
+
+    def run():
+        lg = J.loss_and_grads(p0, X, y)
+        p = p0.copy()
+        s = J.init_state(p, "nesterov")
+        gd = J.gd_steps(p, s, X, y, [0.1, 0.05], optimizer="nesterov")
+        ep = _epoch_arrays(p0, X, y, perm, 1000, "adam", shifts)
+        return [np.asarray(lg[0])] + lg[1].arrays() + [gd] + p.arrays() + s + ep
+
+    assert sparse._by_pixel_pays(p0, _options.BLOCK, X)
+    by_pixel = run()
+    monkeypatch.setattr(_options, "PIXEL_MIN_ENTRIES", np.inf)
+    by_row = run()
     for a, b in zip(by_pixel, by_row):
         assert np.array_equal(a, b)
 
@@ -182,7 +212,7 @@ def test_by_pixel_only_for_partial_vectors_and_enough_entries(mnist_train):
     and 72 float64 do not, 100 float32 and 98 float64 do) and a batch must hold at least
     PIXEL_MIN_ENTRIES entries a pixel on average (MNIST batches of 128: about 24)."""
     X = J.prepare(mnist_train[0][:500], np.float32)
-    pays = lambda sizes, dt, batch: split._by_pixel_pays(init_params(sizes, "he", 0, dt), batch, X)
+    pays = lambda sizes, dt, batch: sparse._by_pixel_pays(init_params(sizes, "he", 0, dt), batch, X)
     assert not pays((784, 72, 10), np.float32, 128)
     assert not pays((784, 72, 10), np.float64, 128)
     assert pays((784, 100, 10), np.float32, 128)
@@ -212,7 +242,7 @@ def test_by_pixel_regroups_a_block_as_its_transpose(mnist_train):
         cval = np.empty(0 if pixels else cap, np.float32)
         pix = C.values if pixels else np.empty(0, np.uint8)
         val = np.empty(0, np.float32) if pixels else C.values
-        split._by_pixel(crng, cidx, cpix, cval, rng, C.indices, pix, val, pixels, len(rows), j0, j1)
+        sparse._by_pixel(crng, cidx, cpix, cval, rng, C.indices, pix, val, pixels, len(rows), j0, j1)
         block = sps.csr_matrix((C.values, C.indices, C.indptr), shape=(40, 784))[rows][:, j0:j1]
         csc = block.tocsc()
         csc.sort_indices()
@@ -234,7 +264,7 @@ def test_small_epoch_by_pixel_follows_the_reference(mnist_train, monkeypatch):
     sr, sj = R.init_state(pr, "adam"), R.init_state(pj, "adam")
     perm = np.random.default_rng(2).permutation(12)
     shifts = np.random.default_rng(3).integers(-2, 3, size=(12, 2))
-    assert split._by_pixel_pays(pj, 5, J.prepare(X8, np.float64))
+    assert sparse._by_pixel_pays(pj, 5, J.prepare(X8, np.float64))
     le_ref = R.sgd_epoch(pr, sr, R.prepare(X8, np.float64), y, perm, 5, [1e-3] * 3,
                          optimizer="adam", shifts=shifts)
     le_jit = J.sgd_epoch(pj, sj, J.prepare(X8, np.float64), y, perm, 5, [1e-3] * 3,
