@@ -598,8 +598,11 @@ def _peak_rss_mb() -> float | None:
 
 
 def cmd_warmup(args) -> int:
-    from .jit.warmup import warmup
-    kinds = [(dt, tuple(args.sizes)) for dt in (args.dtype or ["float32", "float64"])]
+    from .jit.warmup import WIDE_INPUTS, warmup
+    dtypes = args.dtype or ["float32", "float64"]
+    kinds = [(dt, tuple(args.sizes)) for dt in dtypes]
+    if args.wide:
+        kinds += [(dt, (WIDE_INPUTS, *args.sizes[1:])) for dt in dtypes]
     seconds = warmup(kinds, processes=args.processes, progress=not args.quiet)
     if not args.quiet:
         print(f"the kernels are in Numba's cache ({seconds:.0f} s)")
@@ -658,6 +661,9 @@ def build_parser(prog="fastmlp") -> argparse.ArgumentParser:
                    "up to 7 layers, so this matters only for deeper ones")
     w.add_argument("--dtype", choices=("float32", "float64"), action="append",
                    help="repeatable (default: both)")
+    w.add_argument("--wide", action="store_true",
+                   help="also the kernels for data of more than 65,536 inputs (sparse data with "
+                   "uint32 column indices; else its first fit compiles them)")
     w.add_argument("--processes", type=positive_int, default=None,
                    help="child processes at once (default: the number of cores)")
     w.add_argument("--quiet", action="store_true")

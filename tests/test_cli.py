@@ -1,6 +1,7 @@
 """The command line: train_fast.py and the fastmlp command, including every foreseeable error."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -264,3 +265,47 @@ def test_peak_rss_is_this_process_own():
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                  check=True).stdout)
     assert 10 < child < 300 < cli._peak_rss_mb() and big[-1] == 1
+
+
+def test_warmup_wide_adds_the_uint32_kind_for_each_dtype(monkeypatch, capsys):
+    """`fastmlp warmup --wide` asks for one more kind per dtype: the same network with
+    WIDE_INPUTS inputs, the fewest whose CSR has uint32 column indices."""
+    from fastmlp.jit import csr, warmup
+    asked = []
+    monkeypatch.setattr(warmup, "warmup", lambda kinds, **kw: asked.append(list(kinds)) or 0.0)
+    assert cli.main(["warmup", "--wide", "--sizes", "784,100,10"]) == 0
+    assert asked == [[("float32", (784, 100, 10)), ("float64", (784, 100, 10)),
+                      ("float32", (warmup.WIDE_INPUTS, 100, 10)),
+                      ("float64", (warmup.WIDE_INPUTS, 100, 10))]]
+    assert csr._index_dtype(warmup.WIDE_INPUTS) == np.uint32
+    assert csr._index_dtype(warmup.WIDE_INPUTS - 1) == np.uint16
+
+
+@pytest.mark.slow
+def test_warmup_wide_kind_then_wide_data_loads_without_compiling(tmp_path):
+    """After compile_kinds for the wide kind (float32) into an empty cache, a fresh process
+    trains and predicts on a 70,000-feature scipy CSR without compiling anything: every Numba
+    compile is refused (without the warm-up these calls would compile, and fail)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("NUMBA_DISABLE_JIT", None)
+    r = subprocess.run([sys.executable, "-m", "fastmlp.jit.warmup", "float32",
+                        "65537,72,36,10"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    script = (
+        "import numpy as np, scipy.sparse as sp\n"
+        "from fastmlp import init_params, jit as J\n"
+        "from fastmlp.jit.api import _refuse_compiling\n"
+        "X = sp.random(300, 70000, density=0.001, format='csr', dtype=np.float32, random_state=0)\n"
+        "y = np.arange(300) % 10\n"
+        "p = init_params((70000, 72, 36, 10), 'he', 0, np.float32)\n"
+        "with _refuse_compiling():\n"
+        "    C = J.from_scipy(X, np.float32)\n"
+        "    assert C.indices.dtype == np.uint32\n"
+        "    J.sgd_epoch(p, J.init_state(p, 'adam'), C, y, np.arange(300), 100, np.full(3, 1e-3),\n"
+        "                optimizer='adam')\n"
+        "    J.loss_and_grads(p, C, y)\n"
+        "    J.predict(p, C)\n"
+        "print('loaded')\n")
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]

@@ -9,10 +9,10 @@ Option sets (each kernel takes one of them, never options of its own):
     LEAF    FAST compiled with every array argument ``noalias`` (_NoAliasCompiler)
 
 Constants read inside compiled code (BLOCK, CHUNK, ROW_GROUP, UPDATE_ROWS, AHEAD, NSLOTS_FWD,
-LOGIT_GAP) are frozen into the machine code when it is compiled: change them here and clear Numba's cache. Those read by
-the Python wrappers (NSLOTS, MIN_SLOT_ROWS, SPLIT_MAX_BATCH, PIXEL_MIN_ENTRIES, DENSE_FROM,
-BAND_BYTES, MIN_BAND_ENTRIES, PATIENCE, KERNEL_LAYERS, COMPILE_IN_CHILDREN) are looked up at every call, so a
-test may patch them on this module.
+LOGIT_GAP) are frozen into the machine code when it is compiled: change them here and clear
+Numba's cache. Those read by the Python wrappers (NSLOTS, MIN_SLOT_ROWS, SPLIT_MAX_BATCH,
+PIXEL_MIN_ENTRIES, DENSE_FROM, BAND_BYTES, MIN_BAND_ENTRIES, PATIENCE, KERNEL_LAYERS,
+COMPILE_IN_CHILDREN) are looked up at every call, so a test may patch them on this module.
 """
 
 from numba.core.compiler import Compiler
@@ -58,7 +58,7 @@ LOGIT_GAP = 2.0 ** -16
 NSLOTS = 4           # partial-gradient slots for a large batch (fixed: results do not depend on threads)
 MIN_SLOT_ROWS = 64   # a slot gets at least this many rows
 SPLIT_MAX_BATCH = 512    # mini-batches up to this many rows take the pixel-split step
-PIXEL_MIN_ENTRIES = 4    # a batch's entries per pixel from which the split step's gradient goes by pixel
+PIXEL_MIN_ENTRIES = 4    # entries a pixel in a block, from which its gradient may go by pixel
 DENSE_FROM = 0.5     # fraction non-zero from which dense float X keeps its zeros (csr.to_csr)
 BAND_BYTES = 80 * 1024   # first-layer weight rows per pixel band (sparse._band_cuts)
 MIN_BAND_ENTRIES = 16    # entries a row holds per band on average, or no bands (sparse._band_cuts)

@@ -89,7 +89,7 @@ class Scratch(NamedTuple):
     pix: np.ndarray         # (nslots, cap) uint8: their pixels, for a CSR of pixels (else cap 0)
     val: np.ndarray         # (nslots, cap): their float values, for a CSR of floats (else cap 0)
     crng: np.ndarray        # (nslots, 2, n_in) int64: a block's entries regrouped by pixel
-                            # (sparse._by_pixel; these four empty where the gradient goes row by row)
+                            # (sparse._by_pixel; these four empty where it goes row by row)
     cidx: np.ndarray        # (nslots, cap) the CSR's index dtype: their rows in the block
     cpix: np.ndarray        # (nslots, cap) uint8, for a CSR of pixels (else cap 0)
     cval: np.ndarray        # (nslots, cap) floats, for a CSR of floats (else cap 0)

@@ -240,10 +240,10 @@ def _slots_loop(losses, grads, net, part, opt, steps, X, y, perm, shifts, bands,
     update, each step's gradient updates net (opt's rule, steps' rates); without it (one step:
     loss_and_grads) the gradient is summed into grads and nothing is updated. One kernel for
     the three uses: each compiled kernel holds the whole slot step (blocks, sparse first layer)
-    again, 10-20 s of compiling per dtype. by_pixel: the first layer's weight gradient by pixel
-    (sparse._by_pixel_pays for blocks of BLOCK rows). (shifts: an empty array when none, passed in rather
+    again, 10-20 s of compiling per dtype. (shifts: an empty array when none, passed in rather
     than taken from a global, whose type would be a read-only array, and would compile the
-    whole chain of kernels a second time for it.)
+    whole chain of kernels a second time for it.) by_pixel: the first layer's weight gradient
+    by pixel (sparse._by_pixel_pays for blocks of BLOCK rows).
 
     Each step's gradients are left as per-slot partials: part.W[l] has shape (nslots, fan_in,
     fan_out); a prange over slots, slot s taking a contiguous share of the step's rows and

@@ -24,8 +24,8 @@ from numba.extending import overload
 from ..params import Params
 from . import _options
 from ._options import AHEAD, FAST, LEAF
-from ._codegen import (VECTOR_BYTES, _dense_ir_forward, _dense_ir_outer, _prefetch, _row_ir_forward,
-                       _row_ir_outer, _value)
+from ._codegen import (VECTOR_BYTES, _dense_ir_forward, _dense_ir_outer, _prefetch,
+                       _row_ir_forward, _row_ir_outer, _value)
 from .csr import CSR, _cached_for_csr, _pixel_counts, _row_cuts
 
 
@@ -197,6 +197,7 @@ def _sparse_matmul_add(Z, W, rng, idx, pix, val, lut, nrows):
     for t in range(nrows):
         _sparse_row(Z[t], W, Z[t], idx, pix, val, lut, rng[0, t], rng[1, t], W.shape[1])
 
+
 @njit(inline="always", **FAST)
 def _first_layer(Z, W, b, rng, bands, rows, b0, idx, pix, val, lut, nrows):
     """The block's sparse first layer: in pixel bands if there are any (_band_cuts gives them
@@ -220,9 +221,9 @@ def _sparse_outer(gW, rng, idx, pix, val, lut, nrows, D):
 @njit(**FAST)
 def _by_pixel(crng, cidx, cpix, cval, rng, idx, pix, val, pixels, n, j0, j1):
     """Regroup the entries of a block's rows t < n (rows as in _sparse_matmul: rng, idx, and
-    pix or val), which all lie in the pixels j0 <= j < j1 (a half's own range), by pixel, a
-    stable counting sort: pixel j's entries
-    are then the rows cidx[q] with the values cpix[q] or cval[q], for crng[0, j - j0] <= q <
+    pix or val), which all lie in the pixels j0 <= j < j1 (a half's range in the split step,
+    every pixel in the slot step), by pixel, in a stable counting sort: pixel j's entries are
+    then the rows cidx[q] with the values cpix[q] or cval[q], for crng[0, j - j0] <= q <
     crng[1, j - j0], rows in increasing order. (The block transposed: rows become pixels.)"""
     start, end = crng[0], crng[1]
     for j in range(j1 - j0):
@@ -246,6 +247,7 @@ def _by_pixel(crng, cidx, cpix, cval, rng, idx, pix, val, pixels, n, j0, j1):
                 cpix[q] = pix[p]
             else:
                 cval[q] = val[p]
+
 
 @njit(**FAST)
 def _block_entries(rng, bidx, bpix, bval, X, starts, ends, rows, shifts, b0, nb, j0, j1):
@@ -339,8 +341,9 @@ def _by_pixel_pays(params: Params, rows: int, csr: CSR) -> bool:
     in 67 against 75 ms by pixel, Zen 4). Otherwise those read-modify-writes cost about twice
     as much: every other row's vectors straddle cache lines, and the partial last vector goes
     lane by lane (_codegen._ir_row_loop): width 100, 101 ms of single-core gradient time for
-    an MNIST epoch row by row, 64 ms by pixel regrouping included (Zen 4). Without the JIT
-    the Python loops do either the same way: row by row."""
+    an MNIST epoch row by row, 64 ms by pixel regrouping included (Zen 4). Both ways give
+    the same bits in compiled code (the Python twins that run without the JIT sum four entries
+    at a time by pixel: the same values to rounding)."""
     H, n_in = params.sizes[1], params.sizes[0]
     per_pixel = rows * csr.indptr[-1] / max(1, len(csr)) / n_in
     return (H % (VECTOR_BYTES // params.dtype.itemsize) != 0

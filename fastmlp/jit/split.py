@@ -75,7 +75,6 @@ def _split_scratch(params: Params, batch: int, csr: CSR) -> Split:
                  np.empty((2, 0 if pixels else bycap), dt), np.zeros(2, np.bool_))
 
 
-
 @njit(inline="always", **STRICT)
 def _halves(h, jsplit, n_in):
     """Half h's range of first-layer weight rows (pixels)."""
@@ -127,7 +126,6 @@ def _dense_half(part, scr, sp, net, y, rows, inv_n, h):
                                     dZT[offs[L - 1]:offs[L]], colmax, colsum)
         _block_backward_dense(net.W, nb, offs, AT, dZT, part.W, part.b, h, sp.dz1[b0:b0 + nb])
     return loss
-
 
 
 @njit(inline="always", **STRICT)

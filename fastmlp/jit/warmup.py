@@ -2,6 +2,7 @@
 
     fastmlp warmup                                # float32 and float64
     fastmlp warmup --dtype float32
+    fastmlp warmup --wide                         # and the kernels for more than 65,536 inputs
 
 Numba compiles a kernel the first time it is called with a new kind of argument and keeps the
 machine code in its cache (``cache=True``; the directory NUMBA_CACHE_DIR, or __pycache__ beside
@@ -10,7 +11,8 @@ kind is a dtype: one compiled set serves every network of up to KERNEL_LAYERS la
 one compiles its own: ``--sizes``). Compiling is single-threaded and takes a minute or two per
 kind, so this runs each kind in a child process of its own, as many at once as there are cores:
 the children fill the cache, and every later process loads the kernels from it in about a
-second. The calling process never holds
+second. Data of more than 65,536 columns has uint32 column indices (csr._index_dtype), which is
+a kind of its own: ``--wide`` compiles it too (else the first such fit compiles it). The calling process never holds
 LLVM's memory. Images, CI and clusters run it once; the test suite runs it first
 (tests/conftest.py).
 """
@@ -23,6 +25,7 @@ import sys
 import time
 
 DEFAULT_SIZES = (784, 72, 36, 10)
+WIDE_INPUTS = (1 << 16) + 1     # the fewest inputs whose CSR has uint32 column indices
 
 
 def compile_kinds(dtype: str, sizes: tuple, training: bool = True) -> None:
@@ -41,8 +44,10 @@ def compile_kinds(dtype: str, sizes: tuple, training: bool = True) -> None:
     rng = np.random.default_rng(0)
     n_in = sizes[0]
     n = _options.SPLIT_MAX_BATCH + 8                     # enough rows for the slot step
-    X8 = (rng.random((n, n_in)) < 0.2).astype(np.uint8) * rng.integers(1, 256, (n, n_in), np.uint8)
-    Xf = X8.astype(dt) / dt.type(255)
+    k = max(1, min(n_in // 5, 64))                       # non-zero inputs a row (at most)
+    X8 = np.zeros((n, n_in), np.uint8)
+    X8[np.arange(n)[:, None], rng.integers(0, n_in, (n, k))] = rng.integers(1, 256, (n, k), np.uint8)
+    Xf = X8[:9].astype(dt) / dt.type(255)
     y = rng.integers(0, sizes[-1], n)
     p = init_params(sizes, "he", 0, dt)
     for X in (Xf[:9], csr.prepare(X8[:9], dt)):

@@ -242,7 +242,8 @@ def test_by_pixel_regroups_a_block_as_its_transpose(mnist_train):
         cval = np.empty(0 if pixels else cap, np.float32)
         pix = C.values if pixels else np.empty(0, np.uint8)
         val = np.empty(0, np.float32) if pixels else C.values
-        sparse._by_pixel(crng, cidx, cpix, cval, rng, C.indices, pix, val, pixels, len(rows), j0, j1)
+        sparse._by_pixel(crng, cidx, cpix, cval, rng, C.indices, pix, val, pixels, len(rows),
+                         j0, j1)
         block = sps.csr_matrix((C.values, C.indices, C.indptr), shape=(40, 784))[rows][:, j0:j1]
         csc = block.tocsc()
         csc.sort_indices()
