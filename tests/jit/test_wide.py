@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
 from fastmlp import MLPClassifier, init_params, jit as J, reference as R
-from fastmlp.jit import csr
+from fastmlp.jit import csr, sparse
 
 N_COLS = 70_000
 
@@ -94,6 +94,41 @@ def test_wide_input_trains_as_the_reference(monkeypatch):
     for u, v in zip(a.weights + a.biases, b.weights + b.biases):
         np.testing.assert_allclose(u, v, **tol)
     perm = np.random.default_rng(1).permutation(96)
+    for batch, split_max in ((16, 512), (48, 8)):       # the split step, then the slot step
+        monkeypatch.setattr(J._options, "SPLIT_MAX_BATCH", split_max)
+        a, b = params.copy(), params.copy()
+        sa, sb = R.init_state(a, "adam"), R.init_state(b, "adam")
+        lrs = np.full(96 // batch, 1e-3)
+        J.sgd_epoch(a, sa, C, y, perm, batch, lrs, optimizer="adam")
+        R.sgd_epoch(b, sb, X, y, perm, batch, lrs, optimizer="adam")
+        for u, v in zip(a.weights + a.biases, b.weights + b.biases):
+            np.testing.assert_allclose(u, v, **tol)
+
+
+@pytest.mark.slow
+def test_wide_input_gradient_by_pixel_as_the_reference(monkeypatch):
+    """The first layer's gradient by pixel (forced: PIXEL_MIN_ENTRIES 0, at width 14 float64,
+    which ends in a partial vector) on 70,000 columns, uint32 indices: loss_and_grads, the
+    full-batch loop, the split step and the slot step give the reference's numbers."""
+    monkeypatch.setattr(J._options, "PIXEL_MIN_ENTRIES", 0)
+    dt = np.float64
+    A = _wide(96, dt, seed=2)
+    X = A.toarray()
+    C = J.from_scipy(A, dt)
+    y = np.arange(96) % 5
+    params = init_params((N_COLS, 14, 5), dtype=dt)
+    assert sparse._by_pixel_pays(params, 16, C)
+    tol = dict(rtol=1e-9, atol=1e-12)
+    (la, ga), (lb, gb) = J.loss_and_grads(params, C, y), R.loss_and_grads(params, X, y)
+    np.testing.assert_allclose(la, lb, **tol)
+    for a, b in zip(ga.weights + ga.biases, gb.weights + gb.biases):
+        np.testing.assert_allclose(a, b, **tol)
+    a, b = params.copy(), params.copy()
+    J.gd_steps(a, [], C, y, [0.05] * 2)
+    R.gd_steps(b, [], X, y, [0.05] * 2)
+    for u, v in zip(a.weights + a.biases, b.weights + b.biases):
+        np.testing.assert_allclose(u, v, **tol)
+    perm = np.random.default_rng(3).permutation(96)
     for batch, split_max in ((16, 512), (48, 8)):       # the split step, then the slot step
         monkeypatch.setattr(J._options, "SPLIT_MAX_BATCH", split_max)
         a, b = params.copy(), params.copy()
