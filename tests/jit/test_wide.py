@@ -29,6 +29,20 @@ def _wide(n, dtype, seed=0):
     return sp.csr_matrix(A)
 
 
+def _epochs_as_reference(monkeypatch, params, C, X, y, perm, tol=dict(rtol=1e-9, atol=1e-12)):
+    """An Adam epoch of the rows perm in the split step (batches of 16), then in the slot step
+    (batches of 48, with SPLIT_MAX_BATCH patched to 8): the reference's weights."""
+    for batch, split_max in ((16, 512), (48, 8)):
+        monkeypatch.setattr(J._options, "SPLIT_MAX_BATCH", split_max)
+        a, b = params.copy(), params.copy()
+        sa, sb = R.init_state(a, "adam"), R.init_state(b, "adam")
+        lrs = np.full(len(perm) // batch, 1e-3)
+        J.sgd_epoch(a, sa, C, y, perm, batch, lrs, optimizer="adam")
+        R.sgd_epoch(b, sb, X, y, perm, batch, lrs, optimizer="adam")
+        for u, v in zip(a.weights + a.biases, b.weights + b.biases):
+            np.testing.assert_allclose(u, v, **tol)
+
+
 @pytest.mark.small
 def test_index_dtype_follows_the_number_of_columns():
     """uint16 indices up to 65,536 columns, uint32 beyond, from to_csr (dense X, both layouts)
@@ -93,16 +107,7 @@ def test_wide_input_trains_as_the_reference(monkeypatch):
     R.gd_steps(b, [], X, y, lrs)
     for u, v in zip(a.weights + a.biases, b.weights + b.biases):
         np.testing.assert_allclose(u, v, **tol)
-    perm = np.random.default_rng(1).permutation(96)
-    for batch, split_max in ((16, 512), (48, 8)):       # the split step, then the slot step
-        monkeypatch.setattr(J._options, "SPLIT_MAX_BATCH", split_max)
-        a, b = params.copy(), params.copy()
-        sa, sb = R.init_state(a, "adam"), R.init_state(b, "adam")
-        lrs = np.full(96 // batch, 1e-3)
-        J.sgd_epoch(a, sa, C, y, perm, batch, lrs, optimizer="adam")
-        R.sgd_epoch(b, sb, X, y, perm, batch, lrs, optimizer="adam")
-        for u, v in zip(a.weights + a.biases, b.weights + b.biases):
-            np.testing.assert_allclose(u, v, **tol)
+    _epochs_as_reference(monkeypatch, params, C, X, y, np.random.default_rng(1).permutation(96))
 
 
 @pytest.mark.slow
@@ -128,16 +133,7 @@ def test_wide_input_gradient_by_pixel_as_the_reference(monkeypatch):
     R.gd_steps(b, [], X, y, [0.05] * 2)
     for u, v in zip(a.weights + a.biases, b.weights + b.biases):
         np.testing.assert_allclose(u, v, **tol)
-    perm = np.random.default_rng(3).permutation(96)
-    for batch, split_max in ((16, 512), (48, 8)):       # the split step, then the slot step
-        monkeypatch.setattr(J._options, "SPLIT_MAX_BATCH", split_max)
-        a, b = params.copy(), params.copy()
-        sa, sb = R.init_state(a, "adam"), R.init_state(b, "adam")
-        lrs = np.full(96 // batch, 1e-3)
-        J.sgd_epoch(a, sa, C, y, perm, batch, lrs, optimizer="adam")
-        R.sgd_epoch(b, sb, X, y, perm, batch, lrs, optimizer="adam")
-        for u, v in zip(a.weights + a.biases, b.weights + b.biases):
-            np.testing.assert_allclose(u, v, **tol)
+    _epochs_as_reference(monkeypatch, params, C, X, y, np.random.default_rng(3).permutation(96))
 
 
 @pytest.mark.slow
