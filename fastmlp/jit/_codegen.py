@@ -256,7 +256,7 @@ def _value(pix, val, lut, p):
 # accumulator lives in vector registers for the whole row, at any width; without the JIT the
 # plain Numba loops of sparse.py run instead.
 
-VECTOR_BYTES = 32   # the row loops' vectors: a ymm register (the IR below; split._update_half)
+VECTOR_BYTES = 32   # the row loops' vectors: a ymm register (the IR below; sparse._by_pixel_pays)
 
 
 class _Vec:

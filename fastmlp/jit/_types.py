@@ -107,8 +107,8 @@ class Split(NamedTuple):
     dz1: np.ndarray         # (batch, H): the batch's first-layer dL/dZ, row-major
     gW1: np.ndarray         # (1, n_in, H): the first layer's weight gradient
     zero_b: np.ndarray      # (H,) zeros: the bias of a partial product
-    crng: np.ndarray        # (2, 2, n_in) int64: each half's entries regrouped by pixel (_by_pixel;
-                            # these four empty where the gradient goes row by row: _by_pixel_pays)
+    crng: np.ndarray        # (2, 2, n_in) int64: each half's entries regrouped by pixel
+                            # (sparse._by_pixel; these four empty where it goes row by row)
     cidx: np.ndarray        # (2, cap) the CSR's index dtype: their rows in the batch
     cpix: np.ndarray        # (2, cap) uint8 for a CSR of pixels (else cap 0)
     cval: np.ndarray        # (2, cap) floats for a CSR of floats (else cap 0)

@@ -115,10 +115,13 @@ class KernelCSR(NamedTuple):
 MAX_COLS = 1 << 32     # columns a CSR may have (uint32 indices)
 
 
+UINT16_COLS = 1 << 16  # columns a CSR may have with uint16 column indices
+
+
 def _index_dtype(n_cols: int) -> np.dtype:
-    """The dtype of the column indices of a CSR of n_cols columns: uint16 up to 65,536 columns
-    (MNIST and most tables: 2 bytes per entry), uint32 beyond."""
-    return np.dtype(np.uint16 if n_cols <= 1 << 16 else np.uint32)
+    """The dtype of the column indices of a CSR of n_cols columns: uint16 up to UINT16_COLS =
+    65,536 columns (MNIST and most tables: 2 bytes per entry), uint32 beyond."""
+    return np.dtype(np.uint16 if n_cols <= UINT16_COLS else np.uint32)
 
 
 def _kernel_csr(indptr, indices, values, lut, n_cols) -> KernelCSR:

@@ -78,8 +78,9 @@ def _alloc_scratch(net, X, nslots, by_pixel):
     """Per-slot scratch for the block kernels (a Scratch), in the working dtype (the CSR's).
     Allocated once per call of a kernel or a training loop, not once per step; room for BLOCK of
     the densest row's entries (a shifted image never has more non-zero pixels than the
-    original); the by-pixel arrays only with by_pixel (else empty). Allocated in compiled code: a tuple of arrays passed from Python costs a few
-    microseconds per array at every call, which small batches feel."""
+    original); the by-pixel arrays only with by_pixel (else empty). Allocated in compiled code:
+    a tuple of arrays passed from Python costs a few microseconds per array at every call,
+    which small batches feel."""
     cap = BLOCK * _densest_row(X.indptr)
     dt = X.values.dtype
     pixels = X.lut.shape[0] != 0

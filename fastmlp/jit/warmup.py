@@ -12,9 +12,9 @@ one compiles its own: ``--sizes``). Compiling is single-threaded and takes a min
 kind, so this runs each kind in a child process of its own, as many at once as there are cores:
 the children fill the cache, and every later process loads the kernels from it in about a
 second. Data of more than 65,536 columns has uint32 column indices (csr._index_dtype), which is
-a kind of its own: ``--wide`` compiles it too (else the first such fit compiles it). The calling process never holds
-LLVM's memory. Images, CI and clusters run it once; the test suite runs it first
-(tests/conftest.py).
+a kind of its own: ``--wide`` compiles it too (else the first such fit compiles it). The
+calling process never holds LLVM's memory. Images, CI and clusters run it once; the test suite
+runs it first (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import subprocess
 import sys
 import time
 
+from .csr import UINT16_COLS
+
 DEFAULT_SIZES = (784, 72, 36, 10)
-WIDE_INPUTS = (1 << 16) + 1     # the fewest inputs whose CSR has uint32 column indices
+WIDE_INPUTS = UINT16_COLS + 1    # the fewest inputs whose CSR has uint32 column indices
 
 
 def compile_kinds(dtype: str, sizes: tuple, training: bool = True) -> None:
@@ -46,7 +48,8 @@ def compile_kinds(dtype: str, sizes: tuple, training: bool = True) -> None:
     n = _options.SPLIT_MAX_BATCH + 8                     # enough rows for the slot step
     k = max(1, min(n_in // 5, 64))                       # non-zero inputs a row (at most)
     X8 = np.zeros((n, n_in), np.uint8)
-    X8[np.arange(n)[:, None], rng.integers(0, n_in, (n, k))] = rng.integers(1, 256, (n, k), np.uint8)
+    cols = rng.integers(0, n_in, (n, k))
+    X8[np.arange(n)[:, None], cols] = rng.integers(1, 256, (n, k), np.uint8)
     Xf = X8[:9].astype(dt) / dt.type(255)
     y = rng.integers(0, sizes[-1], n)
     p = init_params(sizes, "he", 0, dt)
