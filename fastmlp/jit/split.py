@@ -243,7 +243,10 @@ def _split_worker(me, halfloss, state, net, part, opt, scr, sp, steps, X, y, per
 def _split_epoch(losses, net, part, opt, sp, steps, X, y, perm, shifts, inv_ns, batch):
     """The same epoch as slots._slots_loop with the split step: _split_worker on two Python
     threads (this one and one more), each releasing the GIL; on one thread where Numba is
-    limited to one (it then runs every task itself, in the same order of phases: the same bits).
+    limited to one, or the epoch is one step (it then runs every task itself, in the same order
+    of phases: the same bits). A one-step epoch (``partial_fit`` on up to a batch of rows) ran
+    10-45% slower on two threads than on one: its few phases are short next to starting and
+    handing over to a thread.
 
     Not a Numba parallel region: a prange here cost 15 s of compiling (a third of the epoch's),
     and the threads hand over through the task cells anyway; starting a thread costs ~0.1 ms
@@ -253,7 +256,7 @@ def _split_epoch(losses, net, part, opt, sp, steps, X, y, perm, shifts, inv_ns, 
     halfloss = np.zeros((nsteps, 2))
     state = np.zeros(3 * (2 * nsteps + 1), dtype=np.int64)
     args = (halfloss, state, net, part, opt, scr, sp, steps, X, y, perm, shifts, inv_ns, batch)
-    if numba.get_num_threads() > 1 and not numba.config.DISABLE_JIT:
+    if nsteps > 1 and numba.get_num_threads() > 1 and not numba.config.DISABLE_JIT:
         patience = _options.PATIENCE
         other = threading.Thread(target=_split_worker, args=(1, *args, patience), daemon=True)
         other.start()
