@@ -17,20 +17,23 @@ from support import JIT_DISABLED
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pixel_bands_change_no_bit(mnist_train, dtype):
     """On a CSR the forward kernels add each row's first-layer terms band by band (_band_cuts,
-    cached with the CSR); on dense X in one run. Every output is the same bits either way.
-    (The uint8 CSR of prepare, with the training kernels: test_csr_input_equals_dense_input.)"""
+    made on the CSR's second pass and cached with it); on dense X, and on a CSR's first pass,
+    in one run. Every output is the same bits either way. (The uint8 CSR of prepare, with the
+    training kernels: test_csr_input_equals_dense_input.)"""
     import gc
     X = mnist_train[0][:300]
     params = init_params(dtype=dtype)
     Xf = X.astype(dtype) / dtype(255)
+    once = J.predict_proba(params, J.to_csr(Xf))                     # a first pass: no bands
     C = J.to_csr(Xf)     # float values: the kernels the dense input compiles (uint8: see above)
     before = len(csr._CSR_CACHE)
+    assert sparse._band_cuts(params, C).shape == (0, len(C))         # its first pass
     cuts = sparse._band_cuts(params, C)
     if JIT_DISABLED:                  # no IR row loop without the JIT: no bands
         assert cuts.shape == (0, len(C))
         return
     assert cuts.shape == (2 if dtype == np.float32 else 5, len(C))    # 3 or 6 bands
-    assert sparse._band_cuts(params, C) is cuts and len(csr._CSR_CACHE) == before + 1
+    assert sparse._band_cuts(params, C) is cuts and len(csr._CSR_CACHE) == before + 2
     bounds = np.vstack([C.indptr[:-1], cuts, C.indptr[1:]])
     assert np.all(np.diff(bounds, axis=0) >= 0)                      # bands in order in each row
     assert np.all(np.diff(bounds, axis=0).max(axis=1) > 0)           # none empty everywhere
@@ -41,6 +44,7 @@ def test_pixel_bands_change_no_bit(mnist_train, dtype):
     for a, b in zip(J.forward(params, C)[1:], J.forward(params, Xf)[1:]):
         assert np.array_equal(a, b)
     assert np.array_equal(J.predict_proba(params, C), J.predict_proba(params, Xf))
+    assert np.array_equal(J.predict_proba(params, C), once)
     assert np.array_equal(J.predict(params, C), J.predict(params, Xf))
     del C, cuts
     gc.collect()
@@ -63,6 +67,7 @@ def test_no_bands_for_rows_of_few_entries():
     if not JIT_DISABLED:                         # the same rows, denser: bands again
         dense = J.to_csr(np.where(rng.random((200, 784)) < 0.25, 1.0, X).astype(np.float32))
         assert len(dense.values) >= _options.MIN_BAND_ENTRIES * 3 * 200
+        sparse._band_cuts(params, dense)                             # (its first pass)
         assert sparse._band_cuts(params, dense).shape == (2, 200)
     assert np.array_equal(J.predict_proba(params, C), J.predict_proba(params, X))
 
