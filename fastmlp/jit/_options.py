@@ -18,15 +18,11 @@ COMPILE_IN_CHILDREN) are looked up at every call, so a test may patch them on th
 from numba.core.compiler import Compiler
 
 _FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # not nnan/ninf: NaN must propagate
-# no_cfunc_wrapper: no C-callable wrapper per kernel (Numba makes one for passing a kernel as a
-# first-class function, which nothing here does): 4% less compiling
-FAST = dict(cache=True, fastmath=_FASTMATH, error_model="numpy", boundscheck=False,
-            no_cfunc_wrapper=True)
+FAST = dict(cache=True, fastmath=_FASTMATH, error_model="numpy", boundscheck=False)
 # fastmath=False must be explicit: a kernel that leaves the option unset *inherits* fast-math
 # from the kernel whose compilation compiles it (Numba's flag inheritance), and the updates, strict
 # when called from Python, would then run with contracted multiply-adds inside the training loops.
-STRICT = dict(cache=True, fastmath=False, error_model="numpy", boundscheck=False,
-              no_cfunc_wrapper=True)
+STRICT = dict(cache=True, fastmath=False, error_model="numpy", boundscheck=False)
 
 
 class _NoAliasCompiler(Compiler):

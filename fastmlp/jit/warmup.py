@@ -146,12 +146,6 @@ def compile_run_in_children(dtype, xdtype, sizes, batch_size) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--run":
-        # A run's compile child lives about 20 s and then exits: Python's cyclic collector,
-        # scanning Numba's compiler objects again and again, cost 7-9% of that; off, the child
-        # peaks about 140 MB higher (~530 MB). (The kinds of ``fastmlp warmup`` compile for a
-        # minute or more, and would peak at 1 GB each without it: they keep it.)
-        import gc
-        gc.disable()
         dtype, xdtype, sizes, batch, part = sys.argv[2:7]
         compile_run(dtype, xdtype, tuple(int(s) for s in sizes.split(",")),
                     None if batch == "none" else int(batch), part)
