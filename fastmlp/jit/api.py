@@ -316,9 +316,9 @@ def _warm_up_train(params, X, y, optimizer, batch_size, **hyper):
     if batch_size is None:
         gd_steps(warm, init_state(warm, optimizer), C, y[:2], np.zeros(1),
                  optimizer=optimizer, **hyper)
-    else:       # two rows in batches of batch_size (the same step kernel); the split step's in
-        # two steps of one row, on both threads as an epoch runs (compiled on one thread, as a
-        # one-step epoch runs, the first run's training child took 3-4 s longer: 10 rounds)
+    else:     # two rows: the same step kernel as batch_size; the split step's in two steps of
+        # one row, so that it runs on both threads as epochs do (through a one-step epoch, which
+        # runs on one, the first run's training child compiled 3-4 s longer: 10 rounds)
         b = 1 if batch_size <= _options.SPLIT_MAX_BATCH else batch_size
         sgd_epoch(warm, init_state(warm, optimizer), C, y[:2], np.arange(2),
                   b, np.zeros(-(-2 // b)), optimizer=optimizer, **hyper)

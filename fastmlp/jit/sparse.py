@@ -325,9 +325,11 @@ def _band_cuts(params: Params, csr: CSR) -> np.ndarray:
     B = max(1, round(n_in * H * params.dtype.itemsize / _options.BAND_BYTES))
     if csr.indptr[-1] < _options.MIN_BAND_ENTRIES * B * len(csr):
         B = 1
+    if B == 1 or numba.config.DISABLE_JIT:
+        return np.zeros((0, len(csr)), dtype=np.int64)
     passes = _cached_for_csr(csr, ("passes", H * params.dtype.itemsize), lambda: [0])
     passes[0] += 1
-    if B == 1 or numba.config.DISABLE_JIT or passes[0] < 2:
+    if passes[0] < 2:
         return np.zeros((0, len(csr)), dtype=np.int64)
 
     def make():
