@@ -145,6 +145,11 @@ def compile_run_in_children(dtype, xdtype, sizes, batch_size) -> None:
 
 
 if __name__ == "__main__":
+    # a child that fills the cache: no machine code for what is only linked (_linkonly;
+    # FASTMLP_LINKONLY=0 compiles as Numba does, for comparison)
+    if os.environ.get("FASTMLP_LINKONLY", "1") == "1":
+        from . import _linkonly
+        _linkonly.install()
     if sys.argv[1] == "--run":
         dtype, xdtype, sizes, batch, part = sys.argv[2:7]
         compile_run(dtype, xdtype, tuple(int(s) for s in sizes.split(",")),
