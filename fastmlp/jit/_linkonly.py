@@ -1,31 +1,31 @@
-"""In a compile child: machine code only for what is run or saved, not for what is only linked.
+"""In a compile child: each function optimized and made into machine code once, where it is used.
 
-Numba compiles every @njit function a kernel calls as a library of its own, and finalizing a
-library makes its machine code (LLVM's code generation, ``JITCodeLibrary._finalize_specific``);
-then the caller links the callee's optimized LLVM module into its own, and optimizes and
-generates code for the whole again. The callee's own machine code is used only if Python calls
-the callee, or to save the callee in Numba's cache. A compile child (``warmup.py``) is started
-to fill the cache with the kernels a run calls, whose machine code holds their callees'; there
-the callees' own machine code (and that of a parallel region's two wrapper levels) is work
-nobody uses: on Zen 4, 2.2 of the training child's 23 s and 3.6 of the other child's.
+Numba compiles every @njit function a kernel calls as a library of its own and finalizes it:
+LLVM optimizes its module (the O3 module passes) and generates its machine code. The caller then
+links the callee's optimized module into its own, and LLVM optimizes the whole and generates
+its code again; a parallel region adds two more levels (the region's body and two wrappers,
+each optimized with everything below it). The callee's own optimized module and machine code
+serve only if Python calls the callee, or to save it in Numba's cache on its own. A compile
+child (``warmup.py``) exists to fill the cache with the kernels a run calls from Python, whose
+machine code holds their callees'. There, ``install()`` makes Numba:
 
-``install()`` makes a library's machine code on demand, for libraries that a compile in this
-process finalizes (not those loaded from the cache, nor Numba's runtime, set up before):
+- finalize a library that is being linked into another without optimizing its module on its
+  own (the function passes Numba runs on every function as it is added still run): the
+  caller's optimization, over the whole module, is the one that shapes the code;
+- make a library's machine code (after optimizing it, if that was skipped) only when something
+  asks for it: a pointer to one of its functions, or its object code for the cache;
+- give a function compiled this way, as its entry point for Python, an object that makes the
+  machine code and Numba's real entry point at the first call from Python (and saves the
+  function in the cache, which is skipped for a callee that Python does not call: the callers
+  that are saved hold its code).
 
-- finalizing optimizes the library's module as Numba does, but does not hand it to LLVM's JIT;
-- the machine code is made (as Numba would have made it) the first time something asks for it:
-  a pointer to one of its functions, or its object code for the cache;
-- a function compiled this way has, as its entry point for Python, an object that makes the
-  machine code and Numba's real entry point at the first call from Python (and then saves the
-  function in the cache, which its compile had skipped if it was compiled as a callee);
-- a function compiled as a callee (inside another's compile) is not saved in the cache unless
-  Python calls it: the callers that are saved hold its code.
-
-The LLVM modules, and so every kernel's machine code, are the same as without it (the kernels'
-outputs, loaded from a cache filled either way, hash the same); only when, and whether, code is
-generated changes. It is for processes that exist to fill the cache: in one that goes on to
-call a callee from Python, that call pays the code generation then. ``install()`` first checks
-that Numba has the internals it replaces, and leaves Numba as it is (returning False) if not.
+Measured on Zen 4 (docs/performance.md): ``fastmlp warmup`` 74-85 -> 43 s, the training
+child of a first run 21.5 -> 19 s alone, the other 18-23 -> 10 s. The kernels' outputs hash the
+same as Numba's own way (every public kernel, both dtypes); their machine code differs in which
+callees LLVM inlines. Only compile children install it: a process that compiles a kernel
+itself (without warm_up's children, or when they fail) does it Numba's way. ``install()``
+first checks that Numba has the internals it replaces, and leaves Numba as it is (returning
+False) if not.
 """
 
 from __future__ import annotations
@@ -73,11 +73,16 @@ _numba = {}
 
 
 def _emit(lib) -> None:
-    """Finalize ``lib`` if it is not, then Numba's last step of finalizing where it was skipped:
-    hand the module to LLVM's JIT and generate its machine code."""
+    """Make ``lib``'s machine code, if it has none yet: finalize it (optimized) if it is not,
+    optimize its module if finalizing skipped that, hand the module to LLVM's JIT and generate
+    the code (Numba's last step of finalizing)."""
     from numba.core.compiler_lock import global_compiler_lock
     with global_compiler_lock:
-        lib._ensure_finalized()
+        if not lib._finalized:
+            lib.finalize()
+        if getattr(lib, "_fastmlp_unoptimized", False):
+            lib._fastmlp_unoptimized = False
+            _numba["optimize"](lib)
         if getattr(lib, "_fastmlp_pending", False):
             cleanup = lib._codegen._add_module(lib._final_module)
             if cleanup:
@@ -101,6 +106,7 @@ def install() -> bool:
               (CodeLibrary, "_finalize_dynamic_globals"),
               (CodeLibrary, "_verify_declare_only_symbols"), (JIT, "get_pointer_to_function"),
               (JIT, "_finalize_specific"), (codegen.CodeLibrary, "_get_compiled_object"),
+              (CodeLibrary, "_optimize_final_module"), (CodeLibrary, "add_linking_library"),
               (CPU, "get_executable"), (Dispatcher, "add_overload"), (Dispatcher, "_insert"),
               (caching.Cache, "save_overload")]
     if not all(hasattr(cls, name) for cls, name in needed):
@@ -112,7 +118,9 @@ def install() -> bool:
                   get_pointer=JIT.get_pointer_to_function,
                   compiled_object=codegen.CodeLibrary._get_compiled_object,
                   get_executable=CPU.get_executable, add_overload=Dispatcher.add_overload,
-                  save_overload=caching.Cache.save_overload)
+                  save_overload=caching.Cache.save_overload,
+                  optimize=CodeLibrary._optimize_final_module,
+                  add_linking=CodeLibrary.add_linking_library)
 
     def finalize(self):
         self._fastmlp_defer = True
@@ -139,8 +147,24 @@ def install() -> bool:
         _emit(self)
         return _numba["compiled_object"](self)
 
+    def optimize_final_module(self):
+        if getattr(self, "_fastmlp_linking", False):
+            self._fastmlp_unoptimized = True        # the caller optimizes it with its own code
+            return
+        _numba["optimize"](self)
+
+    def add_linking_library(self, library):
+        if not library._finalized:
+            library._fastmlp_linking = True
+            try:
+                library.finalize()
+            finally:
+                library._fastmlp_linking = False
+        _numba["add_linking"](self, library)
+
     def get_executable(self, library, fndesc, env):
-        library._ensure_finalized()
+        if not library._finalized:
+            library._fastmlp_pending = True     # finalized when it is linked, run or saved
         if not getattr(library, "_fastmlp_pending", False):
             return _numba["get_executable"](self, library, fndesc, env)
         return _LazyEntry(lambda: _numba["get_executable"](self, library, fndesc, env))
@@ -171,6 +195,8 @@ def install() -> bool:
     event.register("numba:compile", Depth())
     CodeLibrary.finalize = finalize
     CodeLibrary._finalize_final_module = finalize_final_module
+    CodeLibrary._optimize_final_module = optimize_final_module
+    CodeLibrary.add_linking_library = add_linking_library
     JIT.get_pointer_to_function = get_pointer_to_function
     codegen.CodeLibrary._get_compiled_object = get_compiled_object
     CPU.get_executable = get_executable

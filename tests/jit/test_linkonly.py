@@ -1,5 +1,5 @@
-"""_linkonly: a compile child makes machine code only for what is run or saved, and the cache it
-fills serves a normal process (in processes of their own: install() patches Numba for good)."""
+"""_linkonly: a compile child optimizes and makes machine code only for what is run or saved, and
+the cache it fills serves a normal process (in processes of their own: install() patches Numba for good)."""
 
 import json
 import os
@@ -51,6 +51,7 @@ out = {"kernel": m.kernel(a), "region": m.region(a).tolist()}
 out["again"] = [m.kernel(a), m.region(a).tolist()]        # through the real entry points now
 lib = next(iter(m.helper.overloads.values())).library
 out["helper_pending"] = lib._fastmlp_pending            # linked twice, never made machine code
+out["helper_unoptimized"] = lib._fastmlp_unoptimized    # nor optimized on its own
 out["kernel_pending"] = next(iter(m.kernel.overloads.values())).library._fastmlp_pending
 cache = os.path.join(os.environ["NUMBA_CACHE_DIR"], os.listdir(os.environ["NUMBA_CACHE_DIR"])[0])
 out["saved"] = sorted(f.split("-")[0] for f in os.listdir(cache) if f.endswith(".nbi"))
@@ -89,6 +90,7 @@ def test_callees_get_no_machine_code_and_the_cache_serves_a_normal_process(tmp_p
     assert child["region"] == expected_region
     assert child["again"] == [child["kernel"], expected_region]
     assert child["helper_pending"] is True
+    assert child["helper_unoptimized"] is True
     assert child["kernel_pending"] is False
     assert child["saved"] == ["linkonly_mod.kernel", "linkonly_mod.region"]
     assert child["helper"] == 4.0
