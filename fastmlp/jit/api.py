@@ -22,7 +22,7 @@ from ._fork import _check_not_forked
 from .csr import CSR, _as_csr, _numpy_csr, _writable, prepare
 from ._options import BLOCK
 from .sparse import _band_cuts, _by_pixel_pays
-from .slots import _forward_kernel, _slots_loop
+from .slots import _alloc_scratch, _forward_kernel, _slots_loop
 from .split import _split_epoch, _split_scratch
 from ._types import Grads, Net, padded
 from .optim import _opt_args, _update_all
@@ -327,3 +327,13 @@ def _warm_up_train(params, X, y, optimizer, batch_size, **hyper):
 def _warm_up_rest(params, X):
     """The compression of X and the forward kernel (evaluation, predict)."""
     predict_proba(params, prepare(X[:1], params.dtype))
+
+
+def _warm_up_split_preparation(params, X, batch_size):
+    """What the split step's preparation compiles (the split point's row cuts, the densest row,
+    the scratch), if the run's batches take the split step. (warmup.compile_run: the first run's
+    shorter child compiles it.)"""
+    if batch_size is not None and batch_size <= _options.SPLIT_MAX_BATCH:
+        csr = _as_csr(_numpy_csr(X[:2], params.dtype), params)
+        _split_scratch(params, 1, csr)
+        _alloc_scratch(_net(params), csr, 2, False)

@@ -19,6 +19,7 @@ runs it first (tests/conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -112,7 +113,10 @@ def warmup(kinds=None, processes: int | None = None, progress: bool = True) -> f
 def compile_run(dtype: str, xdtype: str, sizes: tuple, batch_size, part: str) -> None:
     """In this process: what ``api.warm_up`` loads for a run, on random rows of the same kinds
     (params dtype, X's dtype, sizes; batch_size None for the full-batch loop): part "train" the
-    training loop, part "rest" the compression of X and the forward kernel."""
+    training loop, part "rest" the compression of X, the forward kernel and the split step's
+    preparation. The training child is the longer of the two (a first run waits for it), so it
+    runs that preparation (three small kernels, about a second of compiling) as plain Python,
+    where the other child compiles it for the run."""
     import numpy as np
     from .. import init_params
     from . import api
@@ -124,9 +128,30 @@ def compile_run(dtype: str, xdtype: str, sizes: tuple, batch_size, part: str) ->
     y = rng.integers(0, sizes[-1], 2)
     p = init_params(sizes, "he", 0, dt)
     if part == "train":
-        api._warm_up_train(p, X, y, "gd", batch_size)
+        with _split_preparation_in_python():
+            api._warm_up_train(p, X, y, "gd", batch_size)
     else:
         api._warm_up_rest(p, X)
+        api._warm_up_split_preparation(p, X, batch_size)
+
+
+@contextlib.contextmanager
+def _split_preparation_in_python():
+    """The split step's preparation (_row_cuts, _densest_row, _alloc_scratch) as the Python
+    functions it is compiled from, in this process only; the split worker it feeds is compiled
+    for the same argument types (the tests check that the other child's compiled preparation and
+    this one's worker serve a run)."""
+    from . import slots, split
+    names = [(split, "_row_cuts"), (split, "_densest_row"), (split, "_alloc_scratch"),
+             (slots, "_densest_row")]
+    saved = [getattr(module, name) for module, name in names]
+    try:
+        for (module, name), kernel in zip(names, saved):
+            setattr(module, name, kernel.py_func)
+        yield
+    finally:
+        for (module, name), kernel in zip(names, saved):
+            setattr(module, name, kernel)
 
 
 def compile_run_in_children(dtype, xdtype, sizes, batch_size) -> None:

@@ -1,11 +1,15 @@
 """warm_up: what a run uses is loaded from Numba's cache, or compiled in child processes first."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
 
 from fastmlp import init_params, jit as J
-from fastmlp.jit import api, warmup
+from fastmlp.jit import api, slots, split, warmup
 
 from support import JIT_DISABLED
 
@@ -79,3 +83,52 @@ def test_children_compile_or_load_a_run_and_report_failures():
     with pytest.raises(RuntimeError, match="compiling the kernels in a child process failed: "
                                            ".*float16"):
         warmup.compile_run_in_children("float16", "uint8", (784, 72, 36, 10), None)
+
+
+def test_the_training_childs_split_preparation_in_python_feeds_the_compiled_worker(mnist_train):
+    """The training child runs the split step's preparation as Python (warmup.compile_run): the
+    worker it compiles then must take the argument types of a run's compiled preparation, which
+    the other child compiles; both are in the session's cache, so nothing here compiles."""
+    X, y = mnist_train
+    kernels = (split._row_cuts, split._densest_row, split._alloc_scratch, slots._densest_row)
+    for dtype in (np.float32, np.float64):
+        params = init_params(dtype=dtype)
+        with api._refuse_compiling():
+            with warmup._split_preparation_in_python():
+                assert split._row_cuts is kernels[0].py_func
+                api._warm_up_train(params, X[:2], y[:2], "gd", 128)
+            api._warm_up_split_preparation(params, X[:2], 128)
+        assert (split._row_cuts, split._densest_row, split._alloc_scratch,
+                slots._densest_row) == kernels
+
+
+@pytest.mark.slow
+def test_a_first_runs_children_fill_an_empty_cache_with_what_the_run_loads(tmp_path):
+    """The two children of a first run, into an empty cache (compiling as _linkonly makes them:
+    callees neither optimized nor made into machine code on their own, the split step's
+    preparation moved to the shorter child); then the run loads every kernel it calls, and
+    trains and predicts, without compiling anything."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("NUMBA_DISABLE_JIT", None)
+    script = (
+        "import numpy as np\n"
+        "from fastmlp import init_params\n"
+        "from fastmlp.common import init_state\n"
+        "from fastmlp.data import load_mnist\n"
+        "from fastmlp.jit import api, warmup\n"
+        "X, y = load_mnist('train')[:2]\n"
+        "X, y = X[:3000], y[:3000].astype(np.int64)\n"
+        "p = init_params((784, 72, 36, 10), 'he', 0, np.float32)\n"
+        "warmup.compile_run_in_children(p.dtype, X.dtype, p.sizes, 128)\n"
+        "with api._refuse_compiling():\n"
+        "    api._warm_up(p, X, y, 'nesterov', 128)\n"
+        "    C = api.prepare(X, p.dtype)\n"
+        "    losses = api.sgd_epoch(p, init_state(p, 'nesterov'), C, y, np.arange(len(y)), 128,\n"
+        "                           np.full(24, 0.1), optimizer='nesterov')\n"
+        "    acc = (api.predict(p, C) == y).mean()\n"
+        "assert losses[-1] < losses[0] and acc > 0.8, (losses, acc)\n"
+        "print('loaded')\n")
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().endswith("loaded")
