@@ -53,10 +53,12 @@ lib = next(iter(m.helper.overloads.values())).library
 out["helper_pending"] = lib._fastmlp_pending            # linked twice, never made machine code
 out["helper_unoptimized"] = lib._fastmlp_unoptimized    # nor optimized on its own
 out["kernel_pending"] = next(iter(m.kernel.overloads.values())).library._fastmlp_pending
-cache = os.path.join(os.environ["NUMBA_CACHE_DIR"], os.listdir(os.environ["NUMBA_CACHE_DIR"])[0])
-out["saved"] = sorted(f.split("-")[0] for f in os.listdir(cache) if f.endswith(".nbi"))
+def saved():
+    return sorted(f.split("-")[0] for _, _, files in os.walk(os.environ["NUMBA_CACHE_DIR"])
+                  for f in files if f.startswith("linkonly_mod.") and f.endswith(".nbi"))
+out["saved"] = saved()
 out["helper"] = m.helper(1.5, 2.0)                      # called from Python: made, then saved
-out["saved_after"] = sorted(f.split("-")[0] for f in os.listdir(cache) if f.endswith(".nbi"))
+out["saved_after"] = saved()
 print(json.dumps(out))
 '''
 
