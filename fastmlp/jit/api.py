@@ -19,7 +19,7 @@ from .._validate import check_params, check_perm, check_shifts, check_update, ch
 from ..common import accuracy_of, init_state
 from . import _options
 from ._fork import _check_not_forked
-from .csr import CSR, _as_csr, _numpy_csr, _writable, prepare
+from .csr import CSR, _as_csr, _numpy_csr, _row_cuts, _writable, prepare
 from ._options import BLOCK
 from .sparse import _band_cuts, _by_pixel_pays
 from .slots import _alloc_scratch, _forward_kernel, _slots_loop
@@ -325,14 +325,18 @@ def _warm_up_train(params, X, y, optimizer, batch_size, **hyper):
 
 
 def _warm_up_rest(params, X):
-    """The compression of X and the forward kernel (evaluation, predict)."""
-    predict_proba(params, prepare(X[:1], params.dtype))
+    """The compression of X, the forward kernel (evaluation, predict) and the row cuts of the
+    first layer's pixel bands, which a CSR gets on its second pass (sparse._band_cuts)."""
+    csr = prepare(X[:1], params.dtype)
+    predict_proba(params, csr)
+    kernel_csr = _as_csr(csr, params)            # (the arrays the kernels and _band_cuts take)
+    _row_cuts(kernel_csr.indptr, kernel_csr.indices, np.zeros(1, np.int64))
 
 
 def _warm_up_split_preparation(params, X, batch_size):
-    """What the split step's preparation compiles (the split point's row cuts, the densest row,
-    the scratch), if the run's batches take the split step. (warmup.compile_run: the first run's
-    shorter child compiles it.)"""
+    """What the split step's preparation compiles (with _warm_up_rest's row cuts: the densest
+    row, the scratch), if the run's batches take the split step. (warmup.compile_run: the first
+    run's shorter child compiles it.)"""
     if batch_size is not None and batch_size <= _options.SPLIT_MAX_BATCH:
         csr = _as_csr(_numpy_csr(X[:2], params.dtype), params)
         _split_scratch(params, 1, csr)

@@ -128,7 +128,8 @@ def compile_run(dtype: str, xdtype: str, sizes: tuple, batch_size, part: str) ->
     y = rng.integers(0, sizes[-1], 2)
     p = init_params(sizes, "he", 0, dt)
     if part == "train":
-        with _split_preparation_in_python():
+        split_step = batch_size is not None and batch_size <= api._options.SPLIT_MAX_BATCH
+        with _split_preparation_in_python() if split_step else contextlib.nullcontext():
             api._warm_up_train(p, X, y, "gd", batch_size)
     else:
         api._warm_up_rest(p, X)
@@ -137,13 +138,14 @@ def compile_run(dtype: str, xdtype: str, sizes: tuple, batch_size, part: str) ->
 
 @contextlib.contextmanager
 def _split_preparation_in_python():
-    """The split step's preparation (_row_cuts, _densest_row, _alloc_scratch) as the Python
-    functions it is compiled from, in this process only; the split worker it feeds is compiled
-    for the same argument types (the tests check that the other child's compiled preparation and
-    this one's worker serve a run)."""
-    from . import slots, split
-    names = [(split, "_row_cuts"), (split, "_densest_row"), (split, "_alloc_scratch"),
-             (slots, "_densest_row")]
+    """The split step's preparation (split.py's _row_cuts, _densest_row, _alloc_scratch) as the
+    Python functions it is compiled from, where split.py calls them, for the split step's warm-up
+    only (a kernel compiled meanwhile that calls one of them, as the slot step calls
+    _alloc_scratch, would find a Python function). The split worker it feeds is compiled for the
+    same argument types (the tests check that the other child's compiled preparation and this
+    one's worker serve a run)."""
+    from . import split
+    names = [(split, "_row_cuts"), (split, "_densest_row"), (split, "_alloc_scratch")]
     saved = [getattr(module, name) for module, name in names]
     try:
         for (module, name), kernel in zip(names, saved):
