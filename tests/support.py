@@ -1,6 +1,8 @@
 """Helpers shared by the tests."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -46,3 +48,11 @@ def compare_all(params, X, y, label):
     top2 = np.sort(rp, axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 1e-5
     assert np.array_equal(J.predict(params, X)[clear], R.predict(params, X)[clear]), label
+
+
+def run_loaded(script: str, env: dict, timeout: float) -> None:
+    """Run ``script`` in a fresh Python process with ``env``: it must exit cleanly and print
+    "loaded" last (the scripts that check what a fresh process finds in Numba's cache)."""
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0 and r.stdout.strip().endswith("loaded"), r.stderr[-3000:]

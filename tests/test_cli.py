@@ -14,6 +14,8 @@ from PIL import Image
 from fastmlp import cli, init_params
 from fastmlp.images import image_to_mnist
 
+from support import run_loaded
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -306,6 +308,4 @@ def test_warmup_wide_kind_then_wide_data_loads_without_compiling(tmp_path):
         "    J.loss_and_grads(p, C, y)\n"
         "    J.predict(p, C)\n"
         "print('loaded')\n")
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]
+    run_loaded(script, env, timeout=300)

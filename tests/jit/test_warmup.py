@@ -1,8 +1,6 @@
 """warm_up: what a run uses is loaded from Numba's cache, or compiled in child processes first."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ from numba import njit
 from fastmlp import init_params, jit as J
 from fastmlp.jit import api, split, warmup
 
-from support import JIT_DISABLED
+from support import JIT_DISABLED, run_loaded
 
 pytestmark = pytest.mark.skipif(JIT_DISABLED, reason="about compiling")
 
@@ -133,7 +131,4 @@ def test_a_first_runs_children_fill_an_empty_cache_with_what_the_run_loads(tmp_p
         "    acc = (api.predict(p, C) == y).mean()\n"
         "assert losses[-1] < losses[0] / 2 and acc > 0.5, (losses, acc)\n"
         "print('loaded')\n")
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().endswith("loaded")
+    run_loaded(script, env, timeout=600)
