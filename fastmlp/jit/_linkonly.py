@@ -21,11 +21,11 @@ machine code holds their callees'. There, ``install()`` makes Numba:
 
 Measured on Zen 4 (docs/performance.md): ``fastmlp warmup`` 74-85 -> 43 s, the training
 child of a first run 21.5 -> 19 s alone, the other 18-23 -> 10 s. The kernels' outputs hash the
-same as Numba's own way (every public kernel, both dtypes); their machine code differs in which
-callees LLVM inlines. Only compile children install it: a process that compiles a kernel
-itself (without warm_up's children, or when they fail) does it Numba's way. ``install()``
-first checks that Numba has the internals it replaces, and leaves Numba as it is (returning
-False) if not.
+same as Numba's own way (loss and gradients, predictions, an epoch and full-batch steps, both
+dtypes); their machine code differs in which callees LLVM inlines. Only compile children
+install it: a process that compiles a kernel itself (without warm_up's children, or when they
+fail) does it Numba's way. ``install()`` first checks that Numba has the internals it
+replaces, and leaves Numba as it is (returning False) if not.
 """
 
 from __future__ import annotations

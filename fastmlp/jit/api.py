@@ -333,11 +333,16 @@ def _warm_up_rest(params, X):
     _row_cuts(kernel_csr.indptr, kernel_csr.indices, np.zeros(1, np.int64))
 
 
+def _takes_split_step(batch_size) -> bool:
+    """Whether a run of this batch size (None: the full-batch loop) takes the split step."""
+    return batch_size is not None and batch_size <= _options.SPLIT_MAX_BATCH
+
+
 def _warm_up_split_preparation(params, X, batch_size):
     """What the split step's preparation compiles (with _warm_up_rest's row cuts: the densest
     row, the scratch), if the run's batches take the split step. (warmup.compile_run: the first
     run's shorter child compiles it.)"""
-    if batch_size is not None and batch_size <= _options.SPLIT_MAX_BATCH:
+    if _takes_split_step(batch_size):
         csr = _as_csr(_numpy_csr(X[:2], params.dtype), params)
         _split_scratch(params, 1, csr)
         _alloc_scratch(_net(params), csr, 2, False)

@@ -128,8 +128,8 @@ def compile_run(dtype: str, xdtype: str, sizes: tuple, batch_size, part: str) ->
     y = rng.integers(0, sizes[-1], 2)
     p = init_params(sizes, "he", 0, dt)
     if part == "train":
-        split_step = batch_size is not None and batch_size <= api._options.SPLIT_MAX_BATCH
-        with _split_preparation_in_python() if split_step else contextlib.nullcontext():
+        in_python = api._takes_split_step(batch_size)
+        with _split_preparation_in_python() if in_python else contextlib.nullcontext():
             api._warm_up_train(p, X, y, "gd", batch_size)
     else:
         api._warm_up_rest(p, X)
@@ -172,8 +172,8 @@ def compile_run_in_children(dtype, xdtype, sizes, batch_size) -> None:
 
 
 if __name__ == "__main__":
-    # a child that fills the cache: no machine code for what is only linked (_linkonly;
-    # FASTMLP_LINKONLY=0 compiles as Numba does, for comparison)
+    # a child that fills the cache: what is only linked is neither optimized nor made into
+    # machine code on its own (_linkonly; FASTMLP_LINKONLY=0 compiles as Numba does)
     if os.environ.get("FASTMLP_LINKONLY", "1") == "1":
         from . import _linkonly
         _linkonly.install()
